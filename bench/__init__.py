@@ -1,0 +1,1 @@
+"""Everything that measures: zoo, tasks, metrics, runner, results, reports."""

@@ -1,0 +1,21 @@
+"""The baseline: the model as loaded, measured like every other variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compressors.base import CompressContext, Compressor, CompressorConfig, Model
+from compressors.registry import register
+
+
+@dataclass(frozen=True)
+class IdentityConfig(CompressorConfig):
+    """No parameters."""
+
+
+@register("identity", config=IdentityConfig)
+class Identity(Compressor):
+    """Returns the model unchanged (the same object: nothing is modified)."""
+
+    def compress(self, model: Model, ctx: CompressContext) -> Model:
+        return model.to(ctx.device)

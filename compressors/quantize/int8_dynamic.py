@@ -1,0 +1,83 @@
+"""Dynamic int8: int8 weights, activations quantized per batch at run time.
+
+One method, several runtimes, so a matrix compares the same idea across backends:
+  torch        torch.ao eager `quantize_dynamic` (CPU only; it only touches nn.Linear)
+  onnxruntime  export to ONNX, ONNX Runtime dynamic quantization, run in an ORT session
+  torchao      torchao int8 dynamic-activation / int8-weight (optionally torch.compile)
+Each backend is a function `(model, ctx, config) -> Model` in its own module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from compressors.base import (
+    CompressContext,
+    Compressor,
+    CompressorConfig,
+    CompressorUnavailable,
+    Model,
+    TorchModel,
+    check_choice,
+)
+from compressors.registry import register
+
+# backend -> "module:function"; imported on use so a missing optional library only
+# affects the cells that ask for it.
+BACKENDS = {
+    "torch": "compressors.quantize.int8_dynamic:torch_dynamic",
+    "onnxruntime": "compressors.quantize.ort_dynamic:ort_dynamic",
+    "torchao": "compressors.quantize.torchao_int8:torchao_dynamic",
+}
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig(CompressorConfig):
+    """backend: "torch" | "onnxruntime" | "torchao".
+    per_channel: one weight scale per output channel instead of one per tensor.
+    compile: torchao only; run under torch.compile (compile time counts in compress_seconds)."""
+
+    backend: str = "torch"
+    per_channel: bool = True
+    compile: bool = False
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, tuple(BACKENDS))
+        if self.compile and self.backend != "torchao":
+            raise ValueError(f"compile=true needs backend 'torchao', got backend {self.backend!r}")
+
+
+@register("int8-dynamic", config=Int8DynamicConfig)
+class Int8Dynamic(Compressor):
+    """int8 Linear weights; activations are quantized on the fly per batch."""
+
+    def compress(self, model: Model, ctx: CompressContext) -> Model:
+        module_name, function_name = BACKENDS[self.config.backend].split(":")
+        try:
+            backend = getattr(importlib.import_module(module_name), function_name)
+        except ImportError as exc:
+            raise CompressorUnavailable(f"int8-dynamic backend {self.config.backend!r} needs {exc.name}") from exc
+        return backend(model, ctx, self.config)
+
+
+def torch_dynamic(model: Model, ctx: CompressContext, config: Int8DynamicConfig) -> TorchModel:
+    """torch.ao eager dynamic quantization of every nn.Linear (fbgemm/x86 kernels)."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    if not isinstance(model, TorchModel):
+        raise CompressorUnavailable(f"backend 'torch' needs a torch model, got runtime {model.runtime!r}")
+    if ctx.device != "cpu":
+        raise CompressorUnavailable("torch.ao dynamic int8 kernels exist only on the CPU")
+    qconfig = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
+    module = model.clone_module().cpu().float()
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, whose int8 path has
+        # no fast eager CPU kernel yet; the eager API still works in torch 2.13.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        quantized = quantize_dynamic(module, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+    return model.replace(module=quantized, device="cpu")
