@@ -28,7 +28,7 @@ class Row:
     task: str
     model: str
     compressor: str
-    params: str  # canonical JSON of the compressor's parameters (and protocol details)
+    params: str  # canonical JSON of the compressor's parameters (equal for all rows of a cell)
     stage: int
     device: str
     runtime: str | None
@@ -42,6 +42,7 @@ class Row:
     ci_high: float | None = None
     status: str = OK
     reason: str | None = None
+    details: str | None = None  # canonical JSON of protocol details (seq_len, tokens, shape, calibration)
 
 
 def canonical_json(value: Any) -> str:

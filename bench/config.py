@@ -1,0 +1,245 @@
+"""Matrix files: TOML -> validated dataclasses.
+
+Every error is a `ConfigError` whose message names the file, the key and what was
+expected, so the CLI can print it as one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressors.base import CAUSAL_LM, CLASSIFICATION
+
+MATRICES_DIR = Path(__file__).parent / "matrices"
+DEVICES = ("cpu", "cuda")
+
+# Tasks known by name: what kind of task and which data they score on.
+KNOWN_TASKS = {
+    "bbc-topic": {"type": CLASSIFICATION, "dataset": "bbc-news"},
+    "lm-bbc": {"type": CAUSAL_LM, "dataset": "bbc-news"},
+}
+
+
+class ConfigError(ValueError):
+    """A matrix that cannot be run, with a one-line message for the user."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: a dataset scored one way, on one model.
+
+    Attributes:
+        name: a known task (bbc-topic, lm-bbc) or any name with `type` and `dataset` given.
+        type: "classification" (accuracy, macro-F1) or "causal-lm" (perplexity).
+        model: zoo name, hf:<id>, or a local save_pretrained directory.
+        dataset: zoo name, hf:<id>, or a local .txt / .csv / .jsonl file.
+        max_length: classification: tokens per example (truncation and padding).
+        seq_len, stride: causal-lm: perplexity window and step (stride None = seq_len).
+        max_tokens: causal-lm: held-out tokens scored (cut to whole windows).
+        eval_limit: at most this many held-out examples (None = all).
+        train_limit: at most this many training examples for fine-tuning the teacher (None = all).
+        test_fraction: share of the deduplicated data held out, stratified by label.
+        latency_batch: batch size of the fixed latency input (its length is max_length or seq_len).
+    """
+
+    name: str
+    model: str
+    type: str = CLASSIFICATION
+    dataset: str = "bbc-news"
+    max_length: int = 128
+    seq_len: int = 512
+    stride: int | None = None
+    max_tokens: int = 16384
+    eval_limit: int | None = None
+    train_limit: int | None = None
+    test_fraction: float = 0.3
+    latency_batch: int = 8
+
+    @property
+    def latency_length(self) -> int:
+        return self.max_length if self.type == CLASSIFICATION else self.seq_len
+
+
+@dataclass(frozen=True)
+class CompressorSpec:
+    """One compressor of the matrix: a registry name and its parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inner})" if inner else self.name
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A whole run: tasks x compressors x devices, and how to measure.
+
+    Attributes:
+        threads: CPU threads for every runtime (fixed, so latencies compare).
+        cell_timeout_s: a cell running longer is killed and recorded as an error.
+        latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget.
+        bootstrap: resamples for confidence intervals.
+    """
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    compressors: tuple[CompressorSpec, ...]
+    devices: tuple[str, ...] = ("cpu",)
+    seed: int = 0
+    threads: int = 0  # 0 = all cores of this machine
+    cell_timeout_s: float = 3600.0
+    latency_warmup: int = 3
+    latency_min_iters: int = 20
+    latency_min_seconds: float = 3.0
+    bootstrap: int = 1000
+    source: str = "<memory>"
+
+    def effective_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TASK_FIELDS = {f.name: f for f in dataclasses.fields(TaskSpec)}
+_MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "latency_warmup",
+                "latency_min_iters", "latency_min_seconds", "bootstrap", "task", "compressor"}
+
+# --quick: small slices and a short timer, for smoke runs and tests.
+QUICK_TASK = {"eval_limit": 64, "train_limit": 320, "max_length": 64, "max_tokens": 2048, "seq_len": 256,
+              "latency_batch": 4}
+QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_warmup": 1, "bootstrap": 200}
+
+
+def resolve_matrix_path(name_or_path: str) -> Path:
+    """A shipped matrix name (default, quick, ...) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{name_or_path}: no such matrix file")
+        return path
+    shipped = MATRICES_DIR / f"{name_or_path}.toml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
+        close = difflib.get_close_matches(name_or_path, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown matrix {name_or_path!r}: {hint}shipped: {', '.join(names)}; or give a path to a .toml file")
+    return shipped
+
+
+def load_matrix(name_or_path: str, quick: bool = False) -> Matrix:
+    """Read and validate a matrix; `quick` shrinks it to small slices."""
+    path = resolve_matrix_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_matrix(raw, source=str(path), quick=quick)
+
+
+def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = False) -> Matrix:
+    """Validate a matrix given as a dict (the parsed TOML)."""
+    where = source
+    _no_unknown(raw, _MATRIX_KEYS, where)
+    tasks_raw = raw.get("task")
+    if not isinstance(tasks_raw, list) or not tasks_raw:
+        raise ConfigError(f"{where}: needs at least one [[task]] table")
+    comps_raw = raw.get("compressor")
+    if not isinstance(comps_raw, list) or not comps_raw:
+        raise ConfigError(f"{where}: needs at least one [[compressor]] table")
+    tasks = tuple(_parse_task(t, f"{where}: [[task]] #{i + 1}", quick) for i, t in enumerate(tasks_raw))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: task names must be unique, got {names}")
+    compressors = tuple(_parse_compressor(c, f"{where}: [[compressor]] #{i + 1}") for i, c in enumerate(comps_raw))
+    devices = raw.get("devices", ["cpu"])
+    if not isinstance(devices, list) or not devices or any(d not in DEVICES for d in devices):
+        raise ConfigError(f"{where}: key 'devices' must be a list drawn from {list(DEVICES)}, got {devices!r}")
+    values: dict[str, Any] = {"name": raw.get("name", Path(source).stem)}
+    if not isinstance(values["name"], str) or not values["name"]:
+        raise ConfigError(f"{where}: key 'name' must be a non-empty string")
+    for key, kind, low in (("seed", int, 0), ("threads", int, 0), ("cell_timeout_s", float, 1),
+                           ("latency_warmup", int, 0), ("latency_min_iters", int, 1),
+                           ("latency_min_seconds", float, 0), ("bootstrap", int, 10)):
+        if key in raw:
+            values[key] = _number(raw[key], kind, low, f"{where}: key {key!r}")
+    if quick:
+        values.update(QUICK_MATRIX)
+    return Matrix(tasks=tasks, compressors=compressors, devices=tuple(dict.fromkeys(devices)),
+                  source=source, **values)
+
+
+def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    _no_unknown(raw, set(_TASK_FIELDS), where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: key 'name' is required (a known task: {', '.join(KNOWN_TASKS)}, or any name with 'type' and 'dataset')")
+    if "model" not in raw or not isinstance(raw["model"], str):
+        raise ConfigError(f"{where}: key 'model' is required (a zoo name, hf:<id> or a local directory)")
+    values = dict(KNOWN_TASKS.get(name, {}))
+    if name not in KNOWN_TASKS and not {"type", "dataset"} <= raw.keys():
+        close = difflib.get_close_matches(name, list(KNOWN_TASKS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{where}: unknown task {name!r}: {hint}known: {', '.join(KNOWN_TASKS)}; "
+                          "a custom task needs 'type' and 'dataset'")
+    values.update(raw)
+    if values["type"] not in (CLASSIFICATION, CAUSAL_LM):
+        raise ConfigError(f"{where}: key 'type' must be {CLASSIFICATION!r} or {CAUSAL_LM!r}, got {values['type']!r}")
+    for key in ("max_length", "seq_len", "max_tokens", "eval_limit", "train_limit", "latency_batch", "stride"):
+        if values.get(key) is not None:
+            values[key] = _number(values[key], int, 2, f"{where}: key {key!r}")
+    if "test_fraction" in values:
+        fraction = _number(values["test_fraction"], float, 0.01, f"{where}: key 'test_fraction'")
+        if fraction >= 1:
+            raise ConfigError(f"{where}: key 'test_fraction' must be below 1, got {fraction}")
+        values["test_fraction"] = fraction
+    if quick:
+        for key, small in QUICK_TASK.items():
+            current = values.get(key, _TASK_FIELDS[key].default)
+            values[key] = small if current is None else min(current, small)
+    spec = TaskSpec(**values)
+    if spec.stride is not None and spec.stride > spec.seq_len:
+        raise ConfigError(f"{where}: key 'stride' must be at most seq_len ({spec.seq_len}), got {spec.stride}")
+    return spec
+
+
+def _parse_compressor(raw: Any, where: str) -> CompressorSpec:
+    from compressors import build  # registers every method
+
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ConfigError(f"{where}: needs a 'name' (see `compbench list compressors`)")
+    params = {k: v for k, v in raw.items() if k != "name"}
+    try:
+        build(raw["name"], params)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return CompressorSpec(name=raw["name"], params=params)
+
+
+def _no_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}: {hint}allowed: {', '.join(sorted(allowed))}")
+
+
+def _number(value: Any, kind: type, low: float, where: str) -> Any:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and isinstance(value, int)
+    if not ok or value < low:
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{where}: expected {expected} >= {low}, got {value!r}")
+    return kind(value)

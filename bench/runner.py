@@ -1,0 +1,156 @@
+"""Matrix -> cells -> executor -> rows on disk, one cell at a time.
+
+A cell's rows are appended (one write, fsync) as soon as it finishes, so a run killed
+at any moment keeps every finished cell; `resume=True` skips the cells already on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import provenance
+from bench.config import CompressorSpec, Matrix, TaskSpec
+from bench.executors import CellOutcome, LocalExecutor, RayExecutor
+from bench.results import ERROR, OK, SKIPPED, Row, append_rows, canonical_json, finished_cells, repair_torn_tail
+from bench.results import read_manifest, write_manifest
+
+BASELINE = "identity"
+
+
+def cell_id(task: TaskSpec, compressor: CompressorSpec, device: str) -> str:
+    """A stable 12-hex id of everything that defines the cell."""
+    key = canonical_json({"task": asdict(task), "compressor": asdict(compressor), "device": device})
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def cell_label(task: TaskSpec, compressor: CompressorSpec, device: str) -> str:
+    """What --only matches against, e.g. "bbc-topic/minilm-l6/int8-dynamic(backend=torch)/cpu"."""
+    return f"{task.name}/{task.model}/{compressor.label}/{device}"
+
+
+def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None) -> list[dict[str, Any]]:
+    """Every (task, device, compressor) cell, grouped by task so a model's cache stays warm."""
+    cells = []
+    for task in matrix.tasks:
+        for device in devices:
+            for compressor in matrix.compressors:
+                label = cell_label(task, compressor, device)
+                if only and not fnmatch.fnmatch(label, only) and only not in label:
+                    continue
+                cells.append({
+                    "id": cell_id(task, compressor, device), "label": label, "task": asdict(task),
+                    "compressor": asdict(compressor), "device": device, "seed": matrix.seed,
+                    "threads": matrix.effective_threads(), "latency_warmup": matrix.latency_warmup,
+                    "latency_min_iters": matrix.latency_min_iters,
+                    "latency_min_seconds": matrix.latency_min_seconds, "bootstrap": matrix.bootstrap,
+                })
+    return cells
+
+
+def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Row]:
+    """The long-table rows of one finished cell."""
+    task, compressor = cell["task"], cell["compressor"]
+    common = dict(run_id=run_id, cell_id=cell["id"], task=task["name"], model=task["model"],
+                  compressor=compressor["name"], params=canonical_json(compressor["params"]),
+                  stage=0 if compressor["name"] == BASELINE else 1, device=cell["device"],
+                  runtime=outcome.runtime, threads=cell["threads"])
+    rows = []
+    for record in outcome.records:
+        if record["kind"] != "measurement":
+            status = SKIPPED if record["kind"] == SKIPPED else ERROR
+            rows.append(Row(**common, metric="cell", value=None, unit=None, higher_is_better=None,
+                            status=status, reason=record["reason"]))
+            continue
+        rows.append(Row(**common, metric=record["metric"], value=record["value"], unit=record["unit"],
+                        higher_is_better=record["higher_is_better"], n=record["n"], ci_low=record["ci_low"],
+                        ci_high=record["ci_high"], status=OK,
+                        details=canonical_json(record["extra"]) if record["extra"] else None))
+    return rows
+
+
+def prepare_task(task: dict[str, Any], seed: int) -> str | None:
+    """Build the task's model caches (teacher fine-tune, GGUF dequantization) in a subprocess.
+
+    Its progress bars go to the terminal. Returns None, or the reason it failed.
+    """
+    payload = json.dumps({"task": task, "seed": seed})
+    proc = subprocess.run([sys.executable, "-m", "bench.prepare", payload], stdout=subprocess.PIPE,
+                          stderr=None, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        return lines[-1] if lines else f"preparing {task['model']} failed with exit code {proc.returncode}"
+    return None
+
+
+def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, ...], *,
+               executor: str = "local", resume: bool = False, only: str | None = None,
+               progress: bool = True) -> Path:
+    """Run every cell not yet on disk; returns the run directory."""
+    from tqdm import tqdm
+
+    run_dir = out_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(run_dir)
+    cells = plan_cells(matrix, devices, only)
+    done = finished_cells(run_dir) if resume else set()
+    todo = [c for c in cells if c["id"] not in done]
+
+    manifest = read_manifest(run_dir) or provenance.manifest(matrix, run_id)
+    manifest["cells"] = {c["id"]: c["label"] for c in cells}
+    write_manifest(run_dir, manifest)
+    if done and progress:
+        print(f"resuming {run_id}: {len(cells) - len(todo)} of {len(cells)} cells already on disk", file=sys.stderr)
+
+    gpu = _cuda_available()
+    jobs: list[tuple[dict[str, Any], Path]] = []
+    failed_prepare: dict[str, str] = {}
+    prepared: set[str] = set()
+    for cell in todo:
+        if cell["device"] == "cuda" and not gpu:
+            append_rows(run_dir, rows_for(run_id, cell, CellOutcome(
+                records=[{"kind": SKIPPED, "reason": "no CUDA device on this machine"}])))
+            continue
+        key = canonical_json(cell["task"])
+        if key not in prepared:
+            prepared.add(key)
+            if progress:
+                print(f"preparing {cell['task']['model']} for {cell['task']['name']} ...", file=sys.stderr)
+            reason = prepare_task(cell["task"], matrix.seed)
+            if reason:
+                failed_prepare[key] = reason
+        if key in failed_prepare:
+            append_rows(run_dir, rows_for(run_id, cell, CellOutcome(
+                records=[{"kind": ERROR, "reason": f"model or data failed to load: {failed_prepare[key]}"}])))
+            continue
+        jobs.append((cell, run_dir / "cells" / cell["id"]))
+
+    runner = RayExecutor() if executor == "ray" else LocalExecutor()
+    bar = tqdm(total=len(jobs), desc=run_id, unit="cell", disable=not progress, file=sys.stderr)
+    for index, outcome in runner.map(jobs, matrix.cell_timeout_s):
+        cell = jobs[index][0]
+        append_rows(run_dir, rows_for(run_id, cell, outcome))
+        status = outcome.records[0]["kind"] if outcome.records else "empty"
+        bar.set_postfix_str(f"{cell['label']}: {'ok' if status == 'measurement' else status}")
+        bar.update(1)
+    bar.close()
+
+    manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_manifest(run_dir, manifest)
+    return run_dir
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,116 @@
+"""One cell, measured in its own process: load, compress, save, time, score.
+
+Run as `python -m bench.worker CELL.json ROWS.jsonl`; the runner starts one such
+process per cell so a crash, an out-of-memory kill or a hang costs only that cell.
+The order of work is chosen so each number means one thing:
+
+1. load the baseline; compress it (compress_seconds, training included);
+2. save the compressed model before any forward (size on disk of the real artifact;
+   some 4-bit formats corrupt when saved after a forward);
+3. time baseline and compressed interleaved on one fixed input (speedup measured in
+   the same process, robust to a noisy neighbour);
+4. release the baseline, reset the peak-memory mark, score quality on the held-out
+   split (peak_memory_bytes is the process's high-water mark during that scoring).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.measure import Measurement
+
+
+def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
+    """Measure one cell. Returns measurements, or [("skipped"|"error", reason)]."""
+    import torch
+
+    from bench.config import CompressorSpec, TaskSpec
+    from bench.measure.latency import latency_measurements, speedup, time_interleaved
+    from bench.measure.memory import memory_measurement, reset_peak_memory
+    from bench.measure.size import size_measurements
+    from bench.tasks import Task, load_splits
+    from bench.zoo.models import load_model
+    from compressors import build
+    from compressors.base import CompressContext, CompressorUnavailable
+
+    spec = TaskSpec(**cell["task"])
+    comp = CompressorSpec(**cell["compressor"])
+    device, seed, threads = cell["device"], cell["seed"], cell["threads"]
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+    train, test = load_splits(spec, seed)
+    baseline = load_model(spec.model, spec.type, train_data=train, max_length=spec.max_length, seed=seed,
+                          progress=False)
+    task = Task(spec, train, test, baseline.tokenizer)
+    compressor = build(comp.name, comp.params)
+    with tempfile.TemporaryDirectory(prefix="compbench-cell-") as scratch:
+        ctx = CompressContext(data=task, device=device, seed=seed, teacher=baseline,
+                              work_dir=Path(scratch), threads=threads)
+        started = time.perf_counter()
+        try:
+            compressed = compressor.compress(baseline, ctx)
+        except CompressorUnavailable as exc:
+            return [("skipped", str(exc))]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out: list[Measurement | tuple[str, str]] = [
+            Measurement("compress_seconds", time.perf_counter() - started, "s", False, n=1)]
+        out += size_measurements(compressed, compressed.save(Path(scratch) / "artifact"))
+
+        batch = task.latency_batch()
+        reference = baseline.to(device)
+        timings = time_interleaved(
+            {"baseline": lambda: reference.forward(batch), "compressed": lambda: compressed.forward(batch)},
+            device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
+            min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
+        shape = {"latency_shape": [spec.latency_batch, spec.latency_length]}
+        out += latency_measurements(timings["compressed"], extra=shape)
+        out.append(speedup(timings["baseline"], timings["compressed"]))
+
+        del reference, baseline, ctx
+        gc.collect()
+        reset_peak_memory(device)
+        out += task.evaluate(compressed)
+        out.append(memory_measurement(device))
+        provenance = getattr(compressed, "provenance", None)
+        if provenance:
+            for m in out:
+                if isinstance(m, Measurement):
+                    m.extra.setdefault("provenance", provenance)
+        cell["runtime"] = compressed.runtime
+    return out
+
+
+def main(argv: list[str]) -> int:
+    cell_path, rows_path = Path(argv[0]), Path(argv[1])
+    cell = json.loads(cell_path.read_text(encoding="utf-8"))
+    try:
+        results = run_cell(cell)
+    except Exception as exc:  # any failure of this cell becomes its error row
+        import traceback
+
+        traceback.print_exc()
+        results = [("error", f"{type(exc).__name__}: {exc}")]
+    records = []
+    for item in results:
+        if isinstance(item, Measurement):
+            records.append({"kind": "measurement", **asdict(item)})
+        else:
+            records.append({"kind": item[0], "reason": item[1]})
+    payload = {"runtime": cell.get("runtime"), "records": records}
+    tmp = rows_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
+    tmp.replace(rows_path)  # the runner sees all of a cell's results or none
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
