@@ -194,11 +194,14 @@ def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
         raise ConfigError(f"{where}: unknown task {name!r}: {hint}known: {', '.join(KNOWN_TASKS)}; "
                           "a custom task needs 'type' and 'dataset'")
     values.update(raw)
+    # One sequence at a time is the usual way to serve a causal LM; classifiers see a batch.
+    values.setdefault("latency_batch", 8 if values["type"] == CLASSIFICATION else 1)
     if values["type"] not in (CLASSIFICATION, CAUSAL_LM):
         raise ConfigError(f"{where}: key 'type' must be {CLASSIFICATION!r} or {CAUSAL_LM!r}, got {values['type']!r}")
     for key in ("max_length", "seq_len", "max_tokens", "eval_limit", "train_limit", "latency_batch", "stride"):
         if values.get(key) is not None:
-            values[key] = _number(values[key], int, 2, f"{where}: key {key!r}")
+            low = 1 if key in ("latency_batch", "stride") else 2
+            values[key] = _number(values[key], int, low, f"{where}: key {key!r}")
     if "test_fraction" in values:
         fraction = _number(values["test_fraction"], float, 0.01, f"{where}: key 'test_fraction'")
         if fraction >= 1:

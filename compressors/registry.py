@@ -92,3 +92,16 @@ def _check_type(method: str, key: str, value: Any, spec: dataclasses.Field) -> N
         if isinstance(value, types) and not (option != "bool" and isinstance(value, bool)):
             return
     raise ValueError(f"compressor {method!r} parameter {key!r} must be {' or '.join(options)}, got {value!r}")
+
+
+def load_plugins() -> None:
+    """Import third-party methods: modules named in $COMPBENCH_PLUGINS (comma-separated)
+    and entry points of group "compbench.compressors". Importing registers them."""
+    import importlib
+    import importlib.metadata
+    import os
+
+    for module in filter(None, (m.strip() for m in os.environ.get("COMPBENCH_PLUGINS", "").split(","))):
+        importlib.import_module(module)
+    for entry in importlib.metadata.entry_points(group="compbench.compressors"):
+        entry.load()

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny matrices that run in seconds, offline."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MATRIX = """
+name = "tiny"
+seed = 0
+devices = ["cpu", "cuda"]
+threads = 1
+latency_min_iters = 3
+latency_min_seconds = 0.05
+latency_warmup = 1
+bootstrap = 50
+
+[[task]]
+name = "bbc-topic"
+model = "tiny-bert"
+max_length = 32
+train_limit = 64
+eval_limit = 32
+latency_batch = 2
+
+[[task]]
+name = "lm-bbc"
+model = "tiny-gpt2"
+seq_len = 64
+max_tokens = 512
+
+[[compressor]]
+name = "identity"
+
+[[compressor]]
+name = "int8-dynamic"
+"""
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    if not torch.cuda.is_available():
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def tiny_matrix(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_MATRIX)
+    return path
+
+
+def compbench(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, in its own process."""
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
