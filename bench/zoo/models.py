@@ -213,7 +213,7 @@ def _classifier(name: str, tokenizer: Any, train: TextDataset | None, max_length
         build_base = lambda: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
             source, num_labels=num_labels, **kwargs)
     # Random tiny models need a larger step to learn anything in a few seconds.
-    recipe = FineTuneRecipe(lr=1e-3, epochs=2) if name in _TINY else FineTuneRecipe()
+    recipe = FineTuneRecipe(lr=2e-3, epochs=6) if name in _TINY else FineTuneRecipe()
     key = teacher_key(identity, train, max_length, seed, recipe)
     path = cached_teacher(key, lambda: fine_tune(build_base(), tokenizer, train, max_length, seed, recipe,
                                                  progress), tokenizer)
