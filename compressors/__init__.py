@@ -5,8 +5,8 @@ A new method is one module: its config dataclass, its `Compressor`, and
 name your module in $COMPBENCH_PLUGINS or an entry point "compbench.compressors").
 """
 
-from compressors import identity  # noqa: F401
-from compressors.quantize import cast, int8_dynamic  # noqa: F401
+from compressors import convert_onnx, identity  # noqa: F401
+from compressors.quantize import cast, int8_dynamic, int8_static  # noqa: F401
 from compressors.registry import available, build, describe, load_plugins, lookup, register
 
 load_plugins()

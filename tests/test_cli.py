@@ -33,7 +33,7 @@ def test_help_explains_commands(tmp_path):
     ('[[task]]\nname="bbc-topic"\nmodel="tiny-bert"\nmax_length=-3\n[[compressor]]\nname="identity"',
      ["max_length", "integer >= 2"]),
     ('[[task]]\nname="bbc-topic"\nmodel="tiny-bert"\n[[compressor]]\nname="cast"\ndtype=16',
-     ["dtype must be one of"]),
+     ["parameter 'dtype' must be str"]),
 ])
 def test_bad_matrix(tmp_path, toml, fragments):
     path = tmp_path / "m.toml"
