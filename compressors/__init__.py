@@ -6,7 +6,7 @@ name your module in $COMPBENCH_PLUGINS or an entry point "compbench.compressors"
 """
 
 from compressors import convert_onnx, identity  # noqa: F401
-from compressors.quantize import cast, int8_dynamic, int8_static  # noqa: F401
+from compressors.quantize import bnb, cast, int8_dynamic, int8_static, weight_only  # noqa: F401
 from compressors.registry import available, build, describe, load_plugins, lookup, register
 
 load_plugins()

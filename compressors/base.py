@@ -162,8 +162,11 @@ def count_parameters(module: nn.Module) -> ModelInfo:
             if id(p) in seen:  # tied weights count once
                 continue
             seen.add(id(p))
-            params += p.numel()
-            nonzero += int(torch.count_nonzero(p.detach()))
+            value = p.detach()
+            if type(value) is not torch.Tensor and hasattr(value, "dequantize"):  # torchao tensor subclass
+                value = value.dequantize()
+            params += value.numel()
+            nonzero += int(torch.count_nonzero(value))
     return ModelInfo(params=params, nonzero_params=nonzero)
 
 
@@ -204,7 +207,7 @@ class TorchModel(Model):
         if config is not None:
             config.save_pretrained(directory)
         state = self.module.state_dict()
-        if all(isinstance(v, torch.Tensor) and not v.is_quantized for v in state.values()):
+        if all(type(v) in (torch.Tensor, nn.Parameter) and not v.is_quantized for v in state.values()):
             from safetensors.torch import save_file
 
             # Tied weights share storage; safetensors refuses shared tensors, so store each once.
@@ -217,7 +220,7 @@ class TorchModel(Model):
                 unique[ptr] = key
                 tensors[key] = value.detach().contiguous().cpu()
             save_file(tensors, directory / "model.safetensors")
-        else:  # torch.ao quantized modules hold packed params that only torch.save stores
+        else:  # torch.ao packed params and torchao tensor subclasses: only torch.save stores them
             torch.save(state, directory / "model.pt")
 
     def info(self) -> ModelInfo:
