@@ -106,7 +106,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     manifest = read_manifest(run_dir) or provenance.manifest(matrix, run_id)
     manifest["cells"] = {c["id"]: c["label"] for c in cells}
     write_manifest(run_dir, manifest)
-    if done and progress:
+    if done:
         print(f"resuming {run_id}: {len(cells) - len(todo)} of {len(cells)} cells already on disk", file=sys.stderr)
 
     gpu = _cuda_available()

@@ -42,7 +42,9 @@ def test_int8_is_smaller_and_baseline_speedup_is_one(tiny_run):
     frame = load(tiny_run / "results" / "t1")
     ok = frame[(frame.status == "ok") & (frame.device == "cpu") & (frame.task == "bbc-topic")]
     size = ok[ok.metric == "weight_bytes"].set_index("compressor").value
-    assert size["int8-dynamic"] < 0.6 * size["identity"]
+    # tiny-bert is mostly its 30522 x 64 embedding, which int8-dynamic leaves in fp32; its
+    # ~70k Linear weights go from 4 bytes to 1, so the file must shrink by well over 100 kB.
+    assert size["identity"] - size["int8-dynamic"] > 100_000
     identity_speedup = ok[(ok.metric == "speedup") & (ok.compressor == "identity")].value.iloc[0]
     assert 0.5 < identity_speedup < 2.0  # the same model timed against itself
 

@@ -96,7 +96,7 @@ def smollm_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM_GGUF, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM_GGUF, dtype=torch.float32)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir()))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -188,7 +188,7 @@ def load_model(name: str, kind: str, *, train_data: TextDataset | None = None, m
     else:
         from transformers import AutoModelForCausalLM
 
-        module = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32, **kwargs)
+        module = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     return TorchModel(module.eval(), name, kind, tokenizer, notes=model_notes(name)).to(device)
 
 

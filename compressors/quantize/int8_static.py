@@ -80,8 +80,11 @@ class Int8Static(Compressor):
         target.parent.mkdir(parents=True, exist_ok=True)
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[cfg.method]
+        import onnx
+
+        graph_inputs = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
         quantize_static(
-            str(source), str(target), _Reader(batches, ["input_ids", "attention_mask"]),
+            str(source), str(target), _Reader(batches, graph_inputs),
             quant_format=QuantFormat.QDQ if cfg.quant_format == "qdq" else QuantFormat.QOperator,
             per_channel=cfg.per_channel, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=method,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
