@@ -39,7 +39,14 @@ def example_batch(ctx: CompressContext) -> Batch:
 
 
 def export_onnx(model: TorchModel, path: Path, example: Batch) -> Path:
-    """Write `model` as ONNX (fp32, CPU) at `path`, batch and sequence axes dynamic."""
+    """Write `model` as ONNX (fp32, CPU) at `path`, batch and sequence axes dynamic.
+
+    Causal LMs go through optimum's exporter, which patches the attention-mask code of
+    recent transformers that the TorchScript tracer cannot follow ("unordered_map::at");
+    their graph then also takes `position_ids`.
+    """
+    if model.kind == CAUSAL_LM:
+        return _export_causal_lm(model, path)
     wrapper = _LogitsOnly(model.clone_module().cpu().float().eval(), model.kind == CAUSAL_LM)
     axes = {0: "batch", 1: "sequence"}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,4 +57,20 @@ def export_onnx(model: TorchModel, path: Path, example: Batch) -> Path:
             input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=OPSET,
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
         )
+    return path
+
+
+def _export_causal_lm(model: TorchModel, path: Path) -> Path:
+    from optimum.exporters.onnx import main_export
+
+    source = path.parent / "hf-source"
+    model.clone_module().cpu().float().save_pretrained(source)
+    model.tokenizer.save_pretrained(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(source), output=str(path.parent), task="text-generation", local_files_only=True,
+                    do_validation=False, opset=OPSET)
+    exported = path.parent / "model.onnx"
+    if exported != path:
+        exported.rename(path)
     return path

@@ -53,6 +53,10 @@ class OnnxModel(Model):
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        batch = dict(batch)
+        if "position_ids" in self.input_names and "position_ids" not in batch:  # causal LMs exported by optimum
+            ids = batch["input_ids"]
+            batch["position_ids"] = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
         feed = {name: batch[name].cpu().numpy().astype(np.int64) for name in self.input_names}
         (logits,) = self.session.run(["logits"], feed)
         return torch.from_numpy(logits).to(self.device)
@@ -65,7 +69,7 @@ class OnnxModel(Model):
 
     def save_weights(self, directory: Path) -> None:
         for file in self.path.parent.iterdir():  # the graph and any external-data files beside it
-            if file == self.path or file.suffix in (".data", ".onnx_data"):
+            if file == self.path or file.name.endswith((".onnx.data", ".onnx_data")):
                 shutil.copy2(file, directory / ("model.onnx" if file == self.path else file.name))
         if self.hf_config is not None:
             self.hf_config.save_pretrained(directory)
