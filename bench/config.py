@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from compressors.base import CAUSAL_LM, CLASSIFICATION
 
@@ -132,7 +133,8 @@ def resolve_matrix_path(name_or_path: str) -> Path:
         names = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
         close = difflib.get_close_matches(name_or_path, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown matrix {name_or_path!r}: {hint}shipped: {', '.join(names)}; or give a path to a .toml file")
+        raise ConfigError(f"unknown matrix {name_or_path!r}: {hint}shipped: {', '.join(names)}; "
+                          "or give a path to a .toml file")
     return shipped
 
 
@@ -184,7 +186,8 @@ def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
     _no_unknown(raw, set(_TASK_FIELDS), where)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: key 'name' is required (a known task: {', '.join(KNOWN_TASKS)}, or any name with 'type' and 'dataset')")
+        raise ConfigError(f"{where}: key 'name' is required (a known task: {', '.join(KNOWN_TASKS)}, "
+                          "or any name with 'type' and 'dataset')")
     if "model" not in raw or not isinstance(raw["model"], str):
         raise ConfigError(f"{where}: key 'model' is required (a zoo name, hf:<id> or a local directory)")
     values = dict(KNOWN_TASKS.get(name, {}))

@@ -19,8 +19,18 @@ from typing import Any
 from bench import provenance
 from bench.config import CompressorSpec, Matrix, TaskSpec
 from bench.executors import CellOutcome, LocalExecutor, RayExecutor
-from bench.results import ERROR, OK, SKIPPED, Row, append_rows, canonical_json, finished_cells, repair_torn_tail
-from bench.results import read_manifest, write_manifest
+from bench.results import (
+    ERROR,
+    OK,
+    SKIPPED,
+    Row,
+    append_rows,
+    canonical_json,
+    finished_cells,
+    read_manifest,
+    repair_torn_tail,
+    write_manifest,
+)
 
 BASELINE = "identity"
 

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
         batch = task.latency_batch()
         reference = baseline.to(device)
         timings = time_interleaved(
-            {"baseline": lambda: reference.forward(batch), "compressed": lambda: compressed.forward(batch)},
+            {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
             device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
             min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
         shape = {"latency_shape": [spec.latency_batch, spec.latency_length]}

@@ -143,7 +143,7 @@ def test_interleaved_timing_alternates_and_gives_a_ratio():
     stats = time_interleaved({"a": lambda: (order.append("a"), time.sleep(0.002)),
                               "b": lambda: (order.append("b"), time.sleep(0.001))},
                              warmup=0, rounds=4, min_iters=8, min_seconds=0.0)
-    switches = sum(1 for x, y in zip(order, order[1:]) if x != y)
+    switches = sum(1 for x, y in zip(order, order[1:], strict=False) if x != y)
     assert switches >= 7 and len(stats["a"].times_s) >= 8
     ratio = speedup(stats["a"], stats["b"])
     assert ratio.value > 1 and ratio.ci_low <= ratio.value <= ratio.ci_high and ratio.unit == "x"

@@ -72,6 +72,7 @@ def _provenance(manifest: dict) -> list[str]:
                      f"{' '.join(machine.get('cpu_flags', [])) or 'n/a'}){gpu}; {machine.get('threads', '?')} "
                      "threads per runtime.")
     if versions:
-        keys = [k for k in ("torch", "transformers", "onnxruntime", "optimum", "torchao", "bitsandbytes") if k in versions]
+        wanted = ("torch", "transformers", "onnxruntime", "optimum", "torchao", "bitsandbytes")
+        keys = [k for k in wanted if k in versions]
         lines.append("Versions: " + ", ".join(f"{k} {versions[k]}" for k in keys) + ".")
     return lines

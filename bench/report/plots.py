@@ -39,9 +39,9 @@ def pareto_plot(cells: list[Cell], quality: str, quality_up: bool, cost: str, pa
     ys = [d[1] * (100 if quality == "accuracy" else 1) for d in data]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     ax.scatter(xs, ys, color="tab:blue", zorder=3)
-    for x, y, (_, _, label) in zip(xs, ys, data):
+    for x, y, (_, _, label) in zip(xs, ys, data, strict=True):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    front = pareto_front(list(zip(xs, ys)), quality_up)
+    front = pareto_front(list(zip(xs, ys, strict=True)), quality_up)
     ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="tab:orange", label="Pareto front")
     cost_name = "size on disk" if cost == "size_bytes" else "p50 latency"
     quality_name = "accuracy (%)" if quality == "accuracy" else quality

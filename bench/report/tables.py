@@ -80,7 +80,7 @@ def _opt(x):
 def directions(frame: pd.DataFrame) -> dict[str, bool | None]:
     """metric -> higher_is_better, as recorded in the rows."""
     ok = frame[frame.status == "ok"].drop_duplicates("metric")
-    return {m: (None if h is None or _nan(h) else bool(h)) for m, h in zip(ok.metric, ok.higher_is_better)}
+    return {m: (None if h is None or _nan(h) else bool(h)) for m, h in zip(ok.metric, ok.higher_is_better, strict=True)}
 
 
 def flags(cell: Cell, baseline: Cell | None) -> list[str]:

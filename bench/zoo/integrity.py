@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from bench.zoo.data import ZooError
 
 
-@lru_cache(maxsize=None)
+@cache
 def sha256_of(path: Path) -> str:
     """sha256 of a file (cached per process: the GGUF alone is ~90 MB)."""
     digest = hashlib.sha256()

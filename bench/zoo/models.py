@@ -109,8 +109,14 @@ def smollm_dir() -> Path:
 
 def _tiny_module(name: str, kind: str, num_labels: int, seed: int) -> torch.nn.Module:
     """Random tiny models; every Linear's out_features is a multiple of 32 (4-bit kernels need it)."""
-    from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig
-    from transformers import LlamaForCausalLM
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     vocab = 30522  # the MiniLM (BERT uncased) tokenizer's vocabulary
     torch.manual_seed(seed)

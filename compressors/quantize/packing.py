@@ -42,7 +42,8 @@ def _grouped(w: torch.Tensor, group: int) -> torch.Tensor:
     return w.view(out, -1, group)
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True) -> QuantizedTensor:
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = None,
+                    symmetric: bool = True) -> QuantizedTensor:
     """Round-to-nearest quantization of a 2-D weight to `bits` (4 or 8) per group."""
     if w.dim() != 2 or bits not in (4, 8):
         raise ValueError(f"quantize_tensor needs a 2-D weight and bits 4 or 8, got shape {tuple(w.shape)}, bits {bits}")
@@ -73,7 +74,10 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch
     codes = unpack_int4(qt.codes, cols) if qt.bits == 4 else qt.codes
     group = qt.group_size or cols
     g = _grouped(codes.float(), group)
-    zero = qt.zeros.float() if qt.zeros is not None else torch.full_like(qt.scales, 2 ** (qt.bits - 1), dtype=torch.float32)
+    if qt.zeros is not None:
+        zero = qt.zeros.float()
+    else:  # symmetric: codes are offset by half the range
+        zero = torch.full_like(qt.scales, 2 ** (qt.bits - 1), dtype=torch.float32)
     w = (g - zero[..., None]) * qt.scales.float()[..., None]
     return w.view(out, -1)[:, :cols].to(dtype)
 

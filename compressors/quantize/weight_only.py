@@ -80,7 +80,7 @@ class PackedLinear(nn.Module):
 def pack_linears_(module: nn.Module, bits: int, group_size: int | None, symmetric: bool, skip: tuple[str, ...]) -> int:
     """Replace every nn.Linear in `module` (in place) by a PackedLinear; returns how many."""
     count = 0
-    for name, child in list(module.named_modules()):
+    for _, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
             if isinstance(sub, nn.Linear) and attr not in skip:
                 setattr(child, attr, PackedLinear.from_linear(sub, bits, group_size, symmetric))
