@@ -62,8 +62,11 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
             return [("skipped", str(exc))]
         if device == "cuda":
             torch.cuda.synchronize()
+        # Notes the method attached (e.g. why it is lossy or slow here) travel with the row.
+        notes = [note for note in compressed.notes if note not in baseline.notes]
         out: list[Measurement | tuple[str, str]] = [
-            Measurement("compress_seconds", time.perf_counter() - started, "s", False, n=1)]
+            Measurement("compress_seconds", time.perf_counter() - started, "s", False, n=1,
+                        extra={"notes": notes} if notes else {})]
         out += size_measurements(compressed, compressed.save(Path(scratch) / "artifact"))
 
         batch = task.latency_batch()

@@ -41,6 +41,9 @@ def build(run_dir: Path, image_dir: Path) -> list[tuple]:
             blocks.append(("h3", f"{device}"))
             header, body = table_rows(cells, dirs)
             blocks.append(("table", header, body))
+            for cell in cells:
+                for note in cell.notes:
+                    blocks.append(("p", f"Note on {cell.label}: {note}."))
             counts = sample_counts(cells)
             if counts:
                 blocks.append(("p", f"Samples: {counts}."))

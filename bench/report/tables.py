@@ -41,6 +41,7 @@ class Cell:
     status: str
     reason: str | None
     values: dict[str, tuple[float | None, float | None, float | None, int | None]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def get(self, metric: str) -> float | None:
         value = self.values.get(metric)
@@ -68,6 +69,8 @@ def cells_of(frame: pd.DataFrame) -> list[Cell]:
                     bad.iloc[0].status if len(bad) else "ok", bad.iloc[0].reason if len(bad) else None)
         for row in rows[rows.status == "ok"].itertuples():
             cell.values[row.metric] = (row.value, _opt(row.ci_low), _opt(row.ci_high), _opt(row.n))
+            if isinstance(row.details, str):
+                cell.notes += [n for n in json.loads(row.details).get("notes", []) if n not in cell.notes]
         cells.append(cell)
     cells.sort(key=lambda c: (c.compressor != BASELINE, 0))
     return cells

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from compressors.base import (
+    CAUSAL_LM,
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -25,6 +26,10 @@ from compressors.base import (
     check_choice,
 )
 from compressors.registry import register
+
+OUTLIER_NOTE = ("activations are quantized to int8 too: a few hidden dimensions of transformer LMs carry "
+                "outliers far above the rest, so one scale per tensor/token crushes the others (LLM.int8(), "
+                "Dettmers et al. 2022); weight-only int8 avoids this")
 
 # backend -> "module:function"; imported on use so a missing optional library only
 # affects the cells that ask for it.
@@ -61,7 +66,10 @@ class Int8Dynamic(Compressor):
             backend = getattr(importlib.import_module(module_name), function_name)
         except ImportError as exc:
             raise CompressorUnavailable(f"int8-dynamic backend {self.config.backend!r} needs {exc.name}") from exc
-        return backend(model, ctx, self.config)
+        quantized = backend(model, ctx, self.config)
+        if model.kind == CAUSAL_LM:
+            quantized.notes = (*quantized.notes, OUTLIER_NOTE)
+        return quantized
 
 
 def torch_dynamic(model: Model, ctx: CompressContext, config: Int8DynamicConfig) -> TorchModel:

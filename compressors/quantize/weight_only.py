@@ -102,7 +102,8 @@ class WeightOnly(Compressor):
         skip = OUTPUT_LAYERS if cfg.skip_output_layer else ()
         if pack_linears_(module, cfg.bits, cfg.group_size or None, cfg.symmetric, skip) == 0:
             raise CompressorUnavailable("the model has no nn.Linear layers to quantize")
-        return model.replace(module=module.to(ctx.device), device=ctx.device)
+        note = "packed weights are dequantized on every forward: the file is smaller, the model is not faster"
+        return model.replace(module=module.to(ctx.device), device=ctx.device, notes=(*model.notes, note))
 
 
 def _torchao_weight_only(model: TorchModel, ctx: CompressContext, cfg: WeightOnlyConfig) -> TorchModel:
