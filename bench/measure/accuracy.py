@@ -1,4 +1,4 @@
-"""Classification quality: accuracy and macro-F1 with 95% bootstrap intervals."""
+"""Classification quality: accuracy and macro-F1, each with a 95% bootstrap interval."""
 
 from __future__ import annotations
 
@@ -11,69 +11,131 @@ from bench.measure import Measurement
 from compressors.base import Batch, Model
 
 FRACTION = "fraction"
+LEVEL = 0.95
+_MAX_RESAMPLED_ENTRIES = 4_000_000
 
 
-def bootstrap_ci(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic` over resampled examples.
+def bootstrap_ci(per_example: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray] | None = None,
+                 n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of a statistic over resampled examples.
 
-    `values` holds one row per example; `statistic` maps a (n_boot, n, ...) array of
-    resamples to n_boot numbers (vectorised, so 1000 resamples cost milliseconds).
+    Draws `n_boot` resamples of the examples with replacement, evaluates the statistic
+    on each, and returns the (1-level)/2 and (1+level)/2 percentiles of those values.
+
+    Args:
+        per_example: one entry (or row) per example, shape (n, ...).
+        statistic: maps a stack of resamples, shape (n_boot, n, ...), to n_boot numbers
+            (vectorised, so 1,000 resamples cost milliseconds). None: the mean over examples.
+        n_boot: number of resamples.
+        seed: seed of the resampling (the interval is reproducible).
+        level: coverage of the interval, in (0, 1).
+
+    Returns:
+        (low, high).
     """
+    per_example = np.asarray(per_example)
+    if len(per_example) == 0:
+        raise ValueError("per_example must hold at least one example, got an empty array")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if statistic is None:
+        statistic = _mean_over_examples
     rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(values), size=(n_boot, len(values)))
-    stats = statistic(values[index])
+    n = len(per_example)
+    # Resamples are drawn in chunks so a large evaluation set never needs an (n_boot, n) array at once.
+    chunk = max(1, _MAX_RESAMPLED_ENTRIES // n)
+    values = np.concatenate([
+        np.asarray(statistic(per_example[rng.integers(0, n, size=(min(chunk, n_boot - done), n))]),
+                   dtype=np.float64).reshape(-1)
+        for done in range(0, n_boot, chunk)])  # (n_boot,)
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(stats, [tail, 100 - tail])
+    low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _mean_over_examples(resamples: np.ndarray) -> np.ndarray:
+    return resamples.mean(axis=1)
+
+
+def _check_pairs(predictions: Sequence[int], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    pred, gold = np.asarray(predictions).ravel(), np.asarray(labels).ravel()
+    if len(pred) != len(gold):
+        raise ValueError(f"predictions and labels must have equal length, got {len(pred)} and {len(gold)}")
+    if len(gold) == 0:
+        raise ValueError("labels must hold at least one example, got none")
+    return pred, gold
 
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int], n_boot: int = 1000, seed: int = 0) -> Measurement:
     """Share of examples whose predicted class equals the label.
 
-    accuracy = mean(prediction == label); unit fraction, higher is better; n = examples;
-    95% percentile bootstrap interval over examples.
+    accuracy = mean(prediction == label). Unit fraction, higher is better; n = examples;
+    95% percentile bootstrap interval over examples (`bootstrap_ci`).
     """
-    correct = (np.asarray(predictions) == np.asarray(labels)).astype(np.float64)
-    low, high = bootstrap_ci(correct, lambda s: s.mean(axis=1), n_boot, seed)
+    pred, gold = _check_pairs(predictions, labels)
+    correct = (pred == gold).astype(np.float64)  # (n,)
+    low, high = bootstrap_ci(correct, None, n_boot, seed)
     return Measurement("accuracy", float(correct.mean()), FRACTION, True, n=len(correct), ci_low=low, ci_high=high)
 
 
 def _macro_f1(pairs: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro-F1 of (..., n, 2) arrays of (prediction, label) pairs, over the last-but-one axis."""
-    pred, gold = pairs[..., 0], pairs[..., 1]
-    scores = []
+    """Macro-F1 of (..., n, 2) arrays of (prediction, label) pairs, reduced over the n axis.
+
+    Averages F1 = 2TP / (2TP + FP + FN) over the classes that occur among the labels or
+    the predictions; a class absent from both has no F1 and is left out (as scikit-learn
+    does by default), so a resample that happens to miss a rare class is not pulled to 0.
+    """
+    pred, gold = pairs[..., 0], pairs[..., 1]  # (..., n)
+    f1_sum = np.zeros(pairs.shape[:-2])
+    present = np.zeros(pairs.shape[:-2])
     for c in range(num_classes):
-        tp = ((pred == c) & (gold == c)).sum(axis=-1)
-        fp = ((pred == c) & (gold != c)).sum(axis=-1)
-        fn = ((pred != c) & (gold == c)).sum(axis=-1)
-        denom = 2 * tp + fp + fn
-        # a class absent from both predictions and labels scores 0 (sklearn's zero_division=0)
-        scores.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
-    return np.mean(scores, axis=0)
+        is_pred, is_gold = pred == c, gold == c
+        tp = (is_pred & is_gold).sum(axis=-1)
+        denom = is_pred.sum(axis=-1) + is_gold.sum(axis=-1)  # = 2TP + FP + FN
+        f1_sum += np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        present += denom > 0
+    return f1_sum / present  # present >= 1: every example has a label
 
 
 def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_classes: int | None = None,
              n_boot: int = 1000, seed: int = 0) -> Measurement:
     """Unweighted mean over classes of F1 = 2TP / (2TP + FP + FN).
 
-    Unit fraction, higher is better; n = examples; 95% percentile bootstrap interval
-    over examples (the same resampling as `accuracy`).
+    The mean runs over the classes that occur among the labels or the predictions (equal
+    to `sklearn.metrics.f1_score(average="macro")`); a class missing from the predictions
+    but present in the labels scores 0. Unit fraction, higher is better; n = examples;
+    95% percentile bootstrap interval resampling examples (the same indices scheme as
+    `accuracy`, recomputing macro-F1 on each resample).
+
+    Args:
+        num_classes: class ids run 0..num_classes-1; None: 1 + the largest id seen.
     """
-    pairs = np.stack([np.asarray(predictions), np.asarray(labels)], axis=1)
-    k = num_classes or int(pairs.max()) + 1
-    low, high = bootstrap_ci(pairs, lambda s: _macro_f1(s, k), n_boot, seed)
+    pred, gold = _check_pairs(predictions, labels)
+    pairs = np.stack([pred, gold], axis=1).astype(np.int64)  # (n, 2)
+    if pairs.min() < 0:
+        raise ValueError(f"class ids must be >= 0, got {int(pairs.min())}")
+    k = int(pairs.max()) + 1 if num_classes is None else num_classes
+    if pairs.max() >= k:
+        raise ValueError(f"num_classes must exceed every class id, got {k} with id {int(pairs.max())}")
+    low, high = bootstrap_ci(pairs, lambda resamples: _macro_f1(resamples, k), n_boot, seed)
     return Measurement("macro_f1", float(_macro_f1(pairs, k)), FRACTION, True, n=len(pairs), ci_low=low,
                        ci_high=high)
 
 
 def classification_metrics(model: Model, batches: Iterable[tuple[Batch, torch.Tensor]], num_classes: int,
-                           n_boot: int = 1000) -> list[Measurement]:
-    """Run `model` over labelled batches; return [accuracy, macro_f1] of its argmax predictions."""
+                           n_boot: int = 1000, seed: int = 0) -> list[Measurement]:
+    """[accuracy, macro_f1] of `model` on labelled batches.
+
+    Each batch goes through `model.forward`; the prediction is the argmax of the logits
+    (B, num_classes). See `accuracy` and `macro_f1` for the definitions.
+    """
     predictions, labels = [], []
     for batch, batch_labels in batches:
         predictions.append(model.forward(batch).argmax(dim=-1).cpu())
-        labels.append(batch_labels)
-    pred = torch.cat(predictions).numpy()
-    gold = torch.cat(labels).numpy()
-    return [accuracy(pred, gold, n_boot), macro_f1(pred, gold, num_classes, n_boot)]
+        labels.append(batch_labels.cpu())
+    if not labels:
+        raise ValueError("batches must yield at least one (batch, labels) pair, got none")
+    pred, gold = torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+    return [accuracy(pred, gold, n_boot, seed), macro_f1(pred, gold, num_classes, n_boot, seed)]

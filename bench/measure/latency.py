@@ -1,7 +1,8 @@
 """Latency and throughput: one timer for CPU and GPU.
 
 Warm-up first, then iterate until both a minimum count and a minimum time are
-reached; on CUDA every iteration is bracketed by events and synchronised.
+reached. On CPU each call is timed with `time.perf_counter`; on CUDA each call is
+bracketed by CUDA events and the device synchronised, so queued kernels are counted.
 """
 
 from __future__ import annotations
@@ -16,32 +17,56 @@ import numpy as np
 from bench.measure import Measurement
 
 MS, ITEMS_PER_S, RATIO = "ms", "items/s", "x"
+PERCENTILES = (50, 90, 95, 99)
 
 
 @dataclass
 class LatencyStats:
-    """Per-iteration wall times of one callable on one fixed input."""
+    """Per-iteration wall times of one callable on one fixed input.
+
+    Attributes:
+        times_s: seconds per call, one entry per timed iteration (warm-up excluded).
+        batch_size: items each call processes (for throughput).
+        device: "cpu" or "cuda" (which clock measured them).
+    """
 
     times_s: list[float]
     batch_size: int
     device: str
 
+    def __post_init__(self):
+        if len(self.times_s) == 0:
+            raise ValueError("times_s must hold at least one timed iteration, got none")
+
     def p(self, q: float) -> float:
-        """The q-th percentile in milliseconds."""
+        """The q-th percentile of the per-call time, in milliseconds (linear interpolation)."""
         return float(np.percentile(self.times_s, q)) * 1e3
 
     @property
     def mean_ms(self) -> float:
+        """Mean time per call in milliseconds."""
         return float(np.mean(self.times_s)) * 1e3
 
     @property
     def throughput(self) -> float:
-        """Items per second: batch size / mean time per call."""
+        """Items per second: batch_size / mean seconds per call."""
         return self.batch_size / float(np.mean(self.times_s))
 
 
+def _is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def _synchronize(device: str) -> None:
+    if _is_cuda(device):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def _timed_call(fn: Callable[[], Any], device: str) -> float:
-    if device == "cuda":
+    """Seconds one call of `fn` takes on `device`."""
+    if _is_cuda(device):
         import torch
 
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -49,67 +74,109 @@ def _timed_call(fn: Callable[[], Any], device: str) -> float:
         fn()
         end.record()
         torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3  # elapsed_time is in ms
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
 
 
+def _check_counts(warmup: int, min_iters: int, min_seconds: float) -> None:
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if min_iters < 1:
+        raise ValueError(f"min_iters must be >= 1, got {min_iters}")
+    if min_seconds < 0:
+        raise ValueError(f"min_seconds must be >= 0, got {min_seconds}")
+
+
 def time_callable(fn: Callable[[], Any], device: str = "cpu", warmup: int = 3, min_iters: int = 10,
                   min_seconds: float = 1.0, max_iters: int = 10_000, batch_size: int = 1) -> LatencyStats:
-    """Time `fn` after `warmup` calls until at least `min_iters` calls AND `min_seconds` of timed work."""
+    """Per-call times of `fn` on a fixed input.
+
+    Calls `fn` `warmup` times untimed, then times calls one by one until BOTH at least
+    `min_iters` calls and at least `min_seconds` of summed call time are reached, or
+    `max_iters` calls were made. CPU: `time.perf_counter` around each call; CUDA: a pair
+    of `torch.cuda.Event(enable_timing=True)` around each call, then synchronise.
+    """
+    _check_counts(warmup, min_iters, min_seconds)
+    if max_iters < min_iters:
+        raise ValueError(f"max_iters must be >= min_iters={min_iters}, got {max_iters}")
     for _ in range(warmup):
         fn()
+    _synchronize(device)
     times: list[float] = []
-    while (len(times) < min_iters or sum(times) < min_seconds) and len(times) < max_iters:
+    elapsed = 0.0
+    while (len(times) < min_iters or elapsed < min_seconds) and len(times) < max_iters:
         times.append(_timed_call(fn, device))
+        elapsed += times[-1]
     return LatencyStats(times, batch_size, device)
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", warmup: int = 3, rounds: int = 5,
-                     min_iters: int = 10, min_seconds: float = 1.0, batch_size: int = 1) -> dict[str, LatencyStats]:
-    """Time several callables in alternating blocks (A B A B ...).
+                     min_iters: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
+                     max_iters: int = 10_000) -> dict[str, LatencyStats]:
+    """Per-call times of several callables, timed in alternating blocks (A B A B ...).
 
-    A noisy neighbour then slows all of them alike, so their ratio stays meaningful.
-    Each name gets at least `min_iters` calls and `min_seconds` of timed work in total,
-    spread over at least `rounds` blocks.
+    A noisy neighbour on a shared machine then slows all of them alike, so ratios between
+    them (`speedup`) stay meaningful. Each callable is warmed up `warmup` times, then
+    `rounds` rounds run; in each round every callable, in the dict's order, makes a block
+    of at least ceil(min_iters / rounds) calls and min_seconds / rounds of summed call
+    time. Over all rounds each name therefore reaches both `min_iters` calls and
+    `min_seconds`, unless a block hits max_iters / rounds calls (a guard for callables
+    far faster than the timer's resolution). Timing per call as in `time_callable`.
     """
+    _check_counts(warmup, min_iters, min_seconds)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if max_iters < min_iters:
+        raise ValueError(f"max_iters must be >= min_iters={min_iters}, got {max_iters}")
+    if not fns:
+        raise ValueError("fns must name at least one callable, got none")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    _synchronize(device)
+    block_iters = -(-min_iters // rounds)  # ceil
+    block_seconds = min_seconds / rounds
+    block_max = max(block_iters, max_iters // rounds)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    per_block_iters = max(1, -(-min_iters // rounds))
-    per_block_seconds = min_seconds / rounds
-    done_rounds = 0
-    while done_rounds < rounds or any(len(t) < min_iters or sum(t) < min_seconds for t in times.values()):
+    for _ in range(rounds):
         for name, fn in fns.items():
             block: list[float] = []
-            while len(block) < per_block_iters or sum(block) < per_block_seconds:
+            elapsed = 0.0
+            while (len(block) < block_iters or elapsed < block_seconds) and len(block) < block_max:
                 block.append(_timed_call(fn, device))
+                elapsed += block[-1]
             times[name].extend(block)
-        done_rounds += 1
     return {name: LatencyStats(t, batch_size, device) for name, t in times.items()}
 
 
 def latency_measurements(stats: LatencyStats, extra: dict | None = None) -> list[Measurement]:
-    """latency_p50/p90/p95/p99 (ms, lower is better) and throughput (items/s, higher is better)."""
+    """latency_p50/p90/p95/p99 and throughput of one set of timings.
+
+    latency_pQ: the Q-th percentile of per-call time, unit ms, lower is better.
+    throughput: batch_size / mean seconds per call, unit items/s, higher is better.
+    n = timed iterations; `extra` (e.g. the input shape) is copied into each row.
+    """
     n = len(stats.times_s)
-    rows = [Measurement(f"latency_p{q}", stats.p(q), MS, False, n=n, extra=dict(extra or {})) for q in (50, 90, 95, 99)]
+    rows = [Measurement(f"latency_p{q}", stats.p(q), MS, False, n=n, extra=dict(extra or {})) for q in PERCENTILES]
     rows.append(Measurement("throughput", stats.throughput, ITEMS_PER_S, True, n=n, extra=dict(extra or {})))
     return rows
 
 
 def speedup(baseline: LatencyStats, candidate: LatencyStats, n_boot: int = 1000, seed: int = 0) -> Measurement:
-    """Baseline p50 / candidate p50, both timed interleaved in one process.
+    """How many times faster the candidate is: baseline p50 / candidate p50.
 
-    Unit x, higher is better (above 1 = faster than the baseline). The 95% interval
-    resamples both sets of per-iteration times (ratio of medians).
+    Both must be timed in the same process and interleaved (`time_interleaved`), so the
+    ratio is not skewed by load that came and went between them. Unit x, higher is
+    better; above 1 the candidate is faster, below 1 slower. n = the smaller iteration
+    count. 95% interval: percentile bootstrap resampling each side's per-iteration times
+    independently and taking the ratio of the resampled medians.
     """
     rng = np.random.default_rng(seed)
     base, cand = np.asarray(baseline.times_s), np.asarray(candidate.times_s)
-    base_med = np.median(base[rng.integers(0, len(base), (n_boot, len(base)))], axis=1)
-    cand_med = np.median(cand[rng.integers(0, len(cand), (n_boot, len(cand)))], axis=1)
-    low, high = np.percentile(base_med / cand_med, [2.5, 97.5])
-    value = float(np.median(base) / np.median(cand))
-    return Measurement("speedup", value, RATIO, True, n=min(len(base), len(cand)), ci_low=float(low),
-                       ci_high=float(high))
+    base_medians = np.median(base[rng.integers(0, len(base), (n_boot, len(base)))], axis=1)  # (n_boot,)
+    cand_medians = np.median(cand[rng.integers(0, len(cand), (n_boot, len(cand)))], axis=1)
+    low, high = np.percentile(base_medians / cand_medians, [2.5, 97.5])
+    return Measurement("speedup", float(np.median(base) / np.median(cand)), RATIO, True,
+                       n=min(len(base), len(cand)), ci_low=float(low), ci_high=float(high))

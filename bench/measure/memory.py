@@ -1,42 +1,69 @@
-"""Peak memory of the cell's own process."""
+"""Peak memory of the cell's own process (CPU) or of its CUDA allocator (GPU)."""
 
 from __future__ import annotations
 
+import ctypes
 import resource
 from pathlib import Path
 
 from bench.measure import Measurement
 
+BYTES = "bytes"
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def _is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
 
 def reset_peak_memory(device: str = "cpu") -> None:
-    """Start a new high-water mark: VmHWM via /proc/self/clear_refs on Linux, CUDA's peak stats on GPU."""
-    if device == "cuda":
+    """Start a new high-water mark from the current usage.
+
+    CPU (Linux >= 4.0): writes "5" to /proc/self/clear_refs, which resets VmHWM to the
+    current resident set. Where that file is missing or not writable (other systems,
+    some sandboxes) nothing happens, and the mark keeps covering the whole process life.
+    CUDA: `torch.cuda.reset_peak_memory_stats()`.
+    """
+    if _is_cuda(device):
         import torch
 
         torch.cuda.reset_peak_memory_stats()
         return
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # "5" resets the peak RSS (Linux >= 4.0)
+        _CLEAR_REFS.write_text("5")
     except OSError:
-        pass  # not permitted here: the mark then covers the whole process life
+        pass  # not permitted here; see the docstring
 
 
 def peak_memory_bytes(device: str = "cpu") -> int:
-    """High-water resident memory since the last reset (CPU), or max_memory_allocated (CUDA)."""
-    if device == "cuda":
+    """High-water memory since the last `reset_peak_memory`, in bytes.
+
+    CPU: VmHWM (peak resident set size) from /proc/self/status; where that is missing,
+    `resource.getrusage(RUSAGE_SELF).ru_maxrss` * 1024 (KiB on Linux), which cannot be reset.
+    CUDA: `torch.cuda.max_memory_allocated()`, tensors held by PyTorch's allocator only
+    (not its cache, nor the CUDA context).
+    """
+    if _is_cuda(device):
         import torch
 
         return int(torch.cuda.max_memory_allocated())
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+                return int(line.split()[1]) * 1024  # the line reads "VmHWM:  123456 kB"
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def memory_measurement(device: str) -> Measurement:
-    """peak_memory_bytes: see `peak_memory_bytes`; unit bytes, lower is better."""
-    return Measurement("peak_memory_bytes", float(peak_memory_bytes(device)), "bytes", False, n=1,
-                       extra={"scope": "cuda allocator" if device == "cuda" else "process RSS high-water"})
+    """peak_memory_bytes: `peak_memory_bytes(device)` now; unit bytes, lower is better.
+
+    CPU: the process's resident-set high-water mark since the last reset (it includes the
+    interpreter and loaded libraries). CUDA: the allocator's peak of allocated tensors.
+    extra["scope"] says which.
+    """
+    scope = "cuda allocator peak" if _is_cuda(device) else "process RSS high-water"
+    return Measurement("peak_memory_bytes", float(peak_memory_bytes(device)), BYTES, False, n=1,
+                       extra={"scope": scope})

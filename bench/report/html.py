@@ -1,35 +1,46 @@
-"""Render report blocks as one self-contained HTML page (plots embedded, no external assets)."""
+"""The report's blocks as one self-contained HTML page: inline CSS, plots as base64 data URIs."""
 
 from __future__ import annotations
 
 import base64
 from html import escape
-from pathlib import Path
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-td:last-child{color:#b00;text-align:left}img{max-width:640px;margin:0.5em 1em 0.5em 0}p{max-width:1000px}"""
+from bench.report.markdown import Block, Bullets, Heading, Image, Paragraph, Table
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1500px;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}p{max-width:1100px}
+table{border-collapse:collapse;font-size:13px;margin:0.8em 0;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;position:sticky;top:0}
+td:first-child,th:first-child{text-align:left}
+td:last-child{text-align:left;color:#a00;white-space:normal;min-width:14em}
+tr:nth-child(even) td{background:#fafafa}
+img{max-width:700px;width:100%;margin:0.5em 1em 0.5em 0;border:1px solid #eee}
+"""
 
 
-def render(blocks: list[tuple]) -> str:
-    parts = []
-    title = next((b[1] for b in blocks if b[0] == "h1"), "compbench report")
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{escape(block[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{escape(block[1])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{escape(h)}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode(Path(block[1]).read_bytes()).decode()
-            parts.append(f'<img alt="{escape(block[2])}" src="data:image/png;base64,{data}">')
-        elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in block[1]) + "</ul>")
-    body = "\n".join(parts)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+def render_html(blocks: list[Block]) -> str:
+    """One HTML page with no external assets; every text is escaped."""
+    title = next((b.text for b in blocks if isinstance(b, Heading) and b.level == 1), "compbench report")
+    body = "\n".join(_block(block) for block in blocks)
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def _block(block: Block) -> str:
+    if isinstance(block, Heading):
+        return f"<h{block.level}>{escape(block.text)}</h{block.level}>"
+    if isinstance(block, Paragraph):
+        return f"<p>{escape(block.text)}</p>"
+    if isinstance(block, Table):
+        head = "".join(f"<th>{escape(cell)}</th>" for cell in block.header)
+        rows = "\n".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in block.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>\n{rows}\n</tbody></table>"
+    if isinstance(block, Image):
+        data = base64.b64encode(block.png).decode("ascii")
+        return f'<img alt="{escape(block.alt)}" src="data:image/png;base64,{data}">'
+    if isinstance(block, Bullets):
+        return "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in block.items) + "</ul>"
+    raise TypeError(f"unknown report block {type(block).__name__}")

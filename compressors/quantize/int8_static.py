@@ -1,40 +1,49 @@
 """int8-static: ONNX Runtime static quantization, calibrated on the task's train split.
 
 Activation ranges are fixed ahead of time from calibration batches, so no per-batch
-range computation is left at run time. QDQ format by default (what current ORT
-optimises best on x86).
+range computation is left at run time. QDQ format by default (QuantizeLinear /
+DequantizeLinear pairs that ORT fuses into integer kernels on x86).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from compressors.base import (
+    CAUSAL_LM,
+    Batch,
     CompressContext,
     Compressor,
     CompressorConfig,
     CompressorUnavailable,
     Model,
-    TorchModel,
     check_choice,
     check_range,
 )
-from compressors.onnx_export import example_batch, export_onnx
-from compressors.onnx_model import OnnxModel
+from compressors.onnx_export import new_graph_path, to_onnx
+from compressors.quantize.int8_dynamic import OUTLIER_NOTE
 from compressors.registry import register
 
 METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qdq", "qoperator")
-# Only the weight-bearing and attention matrix products are quantized: quantizing
-# Softmax, LayerNorm, Gelu and the residual Adds costs accuracy and brings little speed.
-QUANTIZED_OPS = ["MatMul", "Gemm"]
+QUANTIZED_OPS = ["MatMul", "Gemm", "Gather"]
+"""The matrix products (where the time goes) and the embedding Gather (where half of a small
+encoder's weights are); LayerNorm, Softmax, GELU and the residual Adds stay float. On the
+fine-tuned MiniLM-L6 BBC classifier, ORT's default (Q/DQ around every op it can) scored
+within noise of this choice (95.8% vs 95.8-95.9%, 639 articles; fp32 96.1%) and was no
+faster, but it also calibrates the additive attention mask (0 and -3.4e38), on which the
+histogram methods (entropy, percentile) fail ("Too many bins for data range")."""
 
 
 @dataclass(frozen=True)
 class Int8StaticConfig(CompressorConfig):
-    """per_channel: per-output-channel weight scales. calibration_batches: train batches used to
-    fix activation ranges. method: how ranges are chosen. quant_format: qdq or qoperator."""
+    """per_channel: one weight scale per output channel. calibration_batches: train batches used to
+    fix activation ranges. method: how a range is chosen from what calibration saw (minmax, entropy,
+    percentile). quant_format: qdq (Q/DQ pairs around float ops) or qoperator (QLinear* ops)."""
 
     per_channel: bool = True
     calibration_batches: int = 16
@@ -47,14 +56,35 @@ class Int8StaticConfig(CompressorConfig):
         check_choice("quant_format", self.quant_format, FORMATS)
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over our batches (numpy int64 feeds)."""
+def calibration_feeds(batches: Iterable[Batch], input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    """The graph's inputs (and only those) of each batch, as int64 arrays."""
+    return [{name: batch[name].cpu().numpy().astype(np.int64) for name in input_names} for batch in batches]
 
-    def __init__(self, batches, input_names):
-        self._feeds = iter([{k: b[k].numpy() for k in input_names} for b in batches])
 
-    def get_next(self):
-        return next(self._feeds, None)
+def feeds_sha256(feeds: list[dict[str, np.ndarray]]) -> str:
+    """sha256 over the calibration input ids in order (shapes included), first 16 hex digits:
+    enough for a row to name its calibration set."""
+    digest = hashlib.sha256()
+    for feed in feeds:
+        ids = feed["input_ids"]
+        digest.update(str(ids.shape).encode())
+        digest.update(ids.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _reader(feeds: list[dict[str, np.ndarray]]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        """Hands ORT's calibrator one feed at a time."""
+
+        def __init__(self):
+            self._feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    return Reader()
 
 
 @register("int8-static", config=Int8StaticConfig)
@@ -65,32 +95,29 @@ class Int8Static(Compressor):
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         if ctx.data is None:
-            raise CompressorUnavailable("int8-static needs calibration data (the task's train split)")
+            raise CompressorUnavailable("int8-static needs calibration data (the task's train split); "
+                                        "this context has none")
         if ctx.device != "cpu":
-            raise CompressorUnavailable("ONNX Runtime static int8 is benchmarked on the CPU execution provider")
-        if not isinstance(model, TorchModel):
-            raise CompressorUnavailable(f"int8-static exports torch models, got runtime {model.runtime!r}")
+            raise CompressorUnavailable("ONNX Runtime static int8 is benchmarked on the CPU execution provider only")
         cfg = self.config
-        batches = list(ctx.data.calibration_batches(cfg.calibration_batches))
-        digest = hashlib.sha256()
-        for batch in batches:
-            digest.update(batch["input_ids"].numpy().tobytes())
-        source = export_onnx(model, ctx.work_dir / "onnx-fp32" / "model.onnx", example_batch(ctx))
-        target = ctx.work_dir / "onnx-int8-static" / "model.onnx"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[cfg.method]
-        import onnx
-
-        graph_inputs = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
+        source = to_onnx(model, ctx)
+        feeds = calibration_feeds(ctx.data.calibration_batches(cfg.calibration_batches), source.input_names)
+        if not feeds:
+            raise CompressorUnavailable("int8-static: the task gave no calibration batches")
+        target = new_graph_path(ctx.work_dir, "onnx-int8-static")
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
         quantize_static(
-            str(source), str(target), _Reader(batches, graph_inputs),
+            source.path, target, _reader(feeds),
             quant_format=QuantFormat.QDQ if cfg.quant_format == "qdq" else QuantFormat.QOperator,
-            per_channel=cfg.per_channel, op_types_to_quantize=QUANTIZED_OPS, calibrate_method=method,
+            op_types_to_quantize=QUANTIZED_OPS, per_channel=cfg.per_channel, calibrate_method=methods[cfg.method],
+            # uint8 activations with int8 symmetric weights: the u8 x s8 form VNNI's VPDPBUSD computes.
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            use_external_data_format=bool(source.external_files()),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
-        provenance = {"calibration_batches": len(batches), "calibration_examples": sum(len(b["input_ids"])
-                      for b in batches), "calibration_sha256": digest.hexdigest()[:16]}
-        return OnnxModel(target, model.name, model.kind, model.tokenizer, ctx.threads, "cpu", model.notes,
-                         getattr(model.module, "config", None), provenance)
+        provenance = {"calibration_batches": len(feeds),
+                      "calibration_examples": sum(len(f["input_ids"]) for f in feeds),
+                      "calibration_sha256": feeds_sha256(feeds)}
+        notes = (*model.notes, OUTLIER_NOTE) if model.kind == CAUSAL_LM else model.notes
+        return source.with_file(target, device="cpu", provenance=provenance, notes=notes)

