@@ -146,7 +146,7 @@ class Task:
         if self.kind == CAUSAL_LM:
             from bench.measure.perplexity import perplexity
 
-            return [perplexity(model, self.test_tokens, self.spec.seq_len, stride=self.spec.stride,
+            return [perplexity(model, self.test_tokens, self.spec.seq_len, stride=self.spec.stride, n_boot=bootstrap,
                                progress=progress)]
         from bench.measure.accuracy import classification_metrics
 
@@ -157,4 +157,4 @@ class Task:
             for start in range(0, len(texts), EVAL_BATCH_SIZE):
                 yield self._encode(texts[start:start + EVAL_BATCH_SIZE]), labels[start:start + EVAL_BATCH_SIZE]
 
-        return classification_metrics(model, batches(), num_classes=len(self.train.label_names))
+        return classification_metrics(model, batches(), num_classes=len(self.train.label_names), n_boot=bootstrap)

@@ -82,7 +82,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
         del reference, baseline, ctx
         gc.collect()
         reset_peak_memory(device)
-        out += task.evaluate(compressed)
+        out += task.evaluate(compressed, bootstrap=cell["bootstrap"])
         out.append(memory_measurement(device))
         provenance = getattr(compressed, "provenance", None)
         if provenance:
