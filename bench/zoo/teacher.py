@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.paths import cache_dir
+from bench.zoo import publish_directory
 from bench.zoo.data import TextDataset
 
 TEACHER_INFO = "compbench_teacher.json"  # what the cached teacher was trained from, beside its weights
@@ -124,18 +122,10 @@ def trained_classifier(key: str, build_base: Callable[[], torch.nn.Module], toke
     info = {"key": key, "train_examples": len(train), "train_data": train.name, "source_hash": train.source_hash,
             "max_length": max_length, "seed": seed, "recipe": asdict(recipe), "device": training_device(),
             "train_seconds": round(time.perf_counter() - started, 1)}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so a killed fine-tune never leaves a half-written teacher.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         module.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / TEACHER_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        tmp.rename(target)
-    except OSError:
-        if not (target / "config.json").is_file():  # not merely another process finishing first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return publish_directory(target, write, "config.json")
