@@ -136,6 +136,17 @@ def _logical_weight(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
+def _logical_counts(module: nn.Module) -> tuple[int, int] | None:
+    """(weights, nonzero weights) a quantized layer stands for; None for a plain module."""
+    counts = getattr(module, "logical_counts", None)  # set at compress time where the weight
+    if counts is not None:                             # cannot be read back later (bnb 4-bit)
+        return counts
+    logical = _logical_weight(module)
+    if logical is None:
+        return None
+    return logical.numel(), int(torch.count_nonzero(logical))
+
+
 def count_parameters(module: nn.Module) -> ModelInfo:
     """Count logical weights of a torch module, quantized and packed layers included.
 
@@ -146,10 +157,10 @@ def count_parameters(module: nn.Module) -> ModelInfo:
     params = nonzero = 0
     seen: set[int] = set()
     for sub in module.modules():
-        logical = _logical_weight(sub)
-        if logical is not None:
-            params += logical.numel()
-            nonzero += int(torch.count_nonzero(logical))
+        counts = _logical_counts(sub)
+        if counts is not None:
+            params += counts[0]
+            nonzero += counts[1]
             bias = getattr(sub, "bias", None)
             bias = bias() if callable(bias) else bias
             if isinstance(bias, torch.Tensor):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from compressors.base import CAUSAL_LM, Batch, CompressContext, CompressorUnavailable, Model, TorchModel
-from compressors.onnx_model import TRANSPOSED_COPIES_KEY, OnnxModel
+from compressors.onnx_model import TRANSPOSED_COPIES_KEY, OnnxModel, transposed_copies
 
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
@@ -118,6 +118,13 @@ def to_onnx(model: Model, ctx: CompressContext) -> OnnxModel:
         return model
     if not isinstance(model, TorchModel):
         raise CompressorUnavailable(f"cannot export runtime {model.runtime!r} to ONNX (needs a torch model)")
+    import onnx
+
     path = export_onnx(model, new_graph_path(ctx.work_dir, "onnx-fp32"), example_batch(ctx))
+    notes = model.notes
+    copies = transposed_copies(onnx.load(str(path), load_external_data=False))
+    if copies:  # say why the ONNX file is larger than the torch one
+        notes += (f"the ONNX export stores the tied embedding and output layer twice ({copies / 1e6:.1f}M "
+                  "weights more on disk, counted once in params)",)
     return OnnxModel(path, model.name, model.kind, model.tokenizer, threads=ctx.threads, device="cpu",
-                     notes=model.notes, hf_config=getattr(model.module, "config", None))
+                     notes=notes, hf_config=getattr(model.module, "config", None))

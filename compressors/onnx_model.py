@@ -142,5 +142,10 @@ class OnnxModel(Model):
                 continue
             params += array.size
             nonzero += int(np.count_nonzero(array))
-        copies = int(next((p.value for p in model.metadata_props if p.key == TRANSPOSED_COPIES_KEY), 0))
+        copies = transposed_copies(model)
         return ModelInfo(params=params - copies, nonzero_params=nonzero - copies)
+
+
+def transposed_copies(model: Any) -> int:
+    """Weights the exporter stored a second time, transposed (from an onnx.ModelProto's metadata)."""
+    return int(next((p.value for p in model.metadata_props if p.key == TRANSPOSED_COPIES_KEY), 0))

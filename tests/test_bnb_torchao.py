@@ -68,6 +68,8 @@ def test_bnb_on_cpu_is_close(name, params, min_db, quantized, kept):
         assert type(compressed.module.narrow) is nn.Linear and "out_features divisible by 32" in compressed.notes[-1]
     for key, value in model.module.state_dict().items():
         assert torch.equal(value, before[key])
+    # 4-bit Parameters hold packed bytes; the count is of the weights they stand for
+    assert compressed.info().params == model.info().params
 
 
 @pytest.mark.parametrize("name", ["bnb-nf4", "bnb-fp4"])

@@ -163,6 +163,7 @@ def test_causal_lm_export_gives_only_logits_and_matches_torch(arch, tokenizer, c
     # The tied embedding is stored twice (transposed for the LM head) but counts once.
     torch_params = count_parameters(model.module).params
     assert abs(exported.info().params - torch_params) <= 64  # Llama's rotary inv_freq buffer is a float constant
+    assert any(note.startswith("the ONNX export stores the tied embedding") for note in exported.notes)
     assert model.module.training is False
 
 

@@ -123,6 +123,7 @@ def _quantize(model: Model, ctx: CompressContext, make: Callable[[nn.Linear], nn
     if swapped == 0:
         raise CompressorUnavailable(f"{what} found no nn.Linear layer it can quantize in this model")
     module = module.to(ctx.device).eval()
+    _record_4bit_counts(module)
     notes = model.notes + ((CPU_NOTE,) if ctx.device == "cpu" else ())
     if kept:
         notes += (f"{kept} Linear layers kept in float: the CPU 4-bit kernel needs out_features divisible by "
@@ -131,6 +132,18 @@ def _quantize(model: Model, ctx: CompressContext, make: Callable[[nn.Linear], nn
     quantized.weight_snapshot = snapshot_state(module)
     quantized.provenance = {"quantized_linears": swapped, "float_linears_kept": kept}
     return quantized
+
+
+def _record_4bit_counts(module: nn.Module) -> None:
+    """Give each 4-bit layer the (weights, nonzero weights) it stands for. Its Parameter holds
+    packed bytes (half the numel), and the CPU kernel repacks it on the first forward, so the
+    count is taken now, from the dequantized weight, while the format is still readable."""
+    import bitsandbytes as bnb
+
+    for layer in module.modules():
+        if isinstance(layer, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+            layer.logical_counts = (weight.numel(), int(torch.count_nonzero(weight)))
 
 
 def _bias(layer: nn.Module, linear: nn.Linear) -> nn.Module:
