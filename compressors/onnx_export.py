@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from compressors.base import CAUSAL_LM, Batch, CompressContext, CompressorUnavailable, Model, TorchModel
-from compressors.onnx_model import TRANSPOSED_COPIES_KEY, OnnxModel, transposed_copies
+from compressors.onnx_model import TRANSPOSED_COPIES_KEY, OnnxModel
 
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
@@ -54,12 +54,15 @@ def example_batch(ctx: CompressContext) -> Batch:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def export_onnx(model: TorchModel, path: Path, example: Batch) -> Path:
+def export_onnx(model: TorchModel, path: Path, example: Batch) -> int:
     """Write `model` as an fp32 ONNX graph at `path` (CPU, opset 17, batch and sequence axes dynamic).
 
     Works for sequence classifiers and causal LMs (exported without a KV cache, so `logits`
     is the only output). A weight the exporter has to store twice (a tied embedding and LM
     head) is recorded in the file's metadata so that parameter counts see it once.
+
+    Returns:
+        How many weights the file stores a second time (0 when none).
     """
     module = model.clone_module().cpu().float().eval()
     # A fresh wrapper is in training mode and export restores the mode it found, which
@@ -74,12 +77,11 @@ def export_onnx(model: TorchModel, path: Path, example: Batch) -> Path:
             wrapper, inputs, str(path), dynamo=False, input_names=list(INPUTS), output_names=["logits"],
             opset_version=OPSET, dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
         )
-    _record_transposed_copies(path)
-    return path
+    return _record_transposed_copies(path)
 
 
-def _record_transposed_copies(path: Path) -> None:
-    """Find 2-D initializers that are exactly the transpose of another; note their size in the metadata."""
+def _record_transposed_copies(path: Path) -> int:
+    """Find 2-D initializers that are exactly the transpose of another; note (and return) their size."""
     import onnx
     from onnx import numpy_helper
 
@@ -99,6 +101,7 @@ def _record_transposed_copies(path: Path) -> None:
     if copies:
         onnx.helper.set_model_props(proto, {TRANSPOSED_COPIES_KEY: str(copies)})
         onnx.save(proto, str(path))
+    return copies
 
 
 def new_graph_path(work_dir: Path, label: str) -> Path:
@@ -118,11 +121,9 @@ def to_onnx(model: Model, ctx: CompressContext) -> OnnxModel:
         return model
     if not isinstance(model, TorchModel):
         raise CompressorUnavailable(f"cannot export runtime {model.runtime!r} to ONNX (needs a torch model)")
-    import onnx
-
-    path = export_onnx(model, new_graph_path(ctx.work_dir, "onnx-fp32"), example_batch(ctx))
+    path = new_graph_path(ctx.work_dir, "onnx-fp32")
+    copies = export_onnx(model, path, example_batch(ctx))
     notes = model.notes
-    copies = transposed_copies(onnx.load(str(path), load_external_data=False))
     if copies:  # say why the ONNX file is larger than the torch one
         notes += (f"the ONNX export stores the tied embedding and output layer twice ({copies / 1e6:.1f}M "
                   "weights more on disk, counted once in params)",)
