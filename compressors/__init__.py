@@ -1,14 +1,24 @@
 """Everything that changes a model. Importing this package registers every method.
 
-A new method is one module: its config dataclass, its `Compressor`, and
-`@register("name", config=...)`; add its import below (or, outside this repository,
-name your module in $COMPBENCH_PLUGINS or an entry point "compbench.compressors").
+A new method is one module anywhere under this package: its config dataclass, its
+`Compressor`, and `@register("name", config=...)`. Modules are discovered by walking
+the package, so no import list needs editing. Outside this repository, name your module
+in $COMPBENCH_PLUGINS or an entry point of group "compbench.compressors".
 """
 
-from compressors import convert_onnx, identity  # noqa: F401
-from compressors.quantize import bnb, cast, int8_dynamic, int8_static, weight_only  # noqa: F401
+import importlib
+import pkgutil
+
 from compressors.registry import available, build, describe, load_plugins, lookup, register
 
+
+def _import_all() -> None:
+    """Import every module of this package (registration happens at import)."""
+    for info in pkgutil.walk_packages(__path__, prefix=f"{__name__}."):
+        importlib.import_module(info.name)
+
+
+_import_all()
 load_plugins()
 
 __all__ = ["available", "build", "describe", "lookup", "register"]

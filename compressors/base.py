@@ -233,6 +233,11 @@ class TorchModel(Model):
             save_file(tensors, directory / "model.safetensors")
         else:  # torch.ao packed params and torchao tensor subclasses: only torch.save stores them
             torch.save(state, directory / "model.pt")
+        from compressors.artifacts import describe, write_info
+
+        info = describe(self.module, self.kind)
+        info.update(name=self.name, notes=list(self.notes))
+        write_info(directory, info)
 
     def info(self) -> ModelInfo:
         return count_parameters(self.module)

@@ -114,6 +114,10 @@ class OnnxModel(Model):
             shutil.copy2(self.path.parent / location, directory / location)
         if self.hf_config is not None:
             self.hf_config.save_pretrained(directory)
+        from compressors.artifacts import write_info
+
+        write_info(directory, {"format": 1, "runtime": self.runtime, "kind": self.kind, "name": self.name,
+                               "notes": list(self.notes)})
 
     def info(self) -> ModelInfo:
         """Logical weights counted from the graph's initializers.

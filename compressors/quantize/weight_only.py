@@ -31,6 +31,7 @@ from compressors.base import (
     TorchModel,
     check_choice,
 )
+from compressors.artifacts import artifact_layer
 from compressors.quantize.packing import QuantizedTensor, dequantize, quantize_tensor
 from compressors.registry import register
 
@@ -64,6 +65,7 @@ class WeightOnlyConfig(CompressorConfig):
             raise ValueError("group_size must be 32, 64, 128 or 256 for backend 'torchao' with bits 4, got per channel")
 
 
+@artifact_layer("packed-linear")
 class PackedLinear(nn.Module):
     """A Linear whose weight is stored as low-bit codes plus fp16 scales (and zero points).
 
@@ -86,6 +88,23 @@ class PackedLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, bits: int, group_size: int | None, symmetric: bool) -> PackedLinear:
         """Quantize `linear`'s weight (round to nearest); the bias is kept in float."""
         return cls(quantize_tensor(linear.weight, bits, group_size, symmetric), linear.bias)
+
+    def artifact_meta(self) -> dict:
+        """What `from_artifact_meta` needs to rebuild an empty layer of this shape (artifact reload)."""
+        return {"bits": self.bits, "group_size": self.group_size, "shape": list(self.shape),
+                "symmetric": self.zeros is None, "bias": self.bias is not None}
+
+    @classmethod
+    def from_artifact_meta(cls, meta: dict) -> PackedLinear:
+        """An empty layer whose buffers the saved state_dict fills."""
+        out, cols = meta["shape"]
+        group = meta["group_size"] or cols
+        groups = -(-cols // group)
+        code_cols = -(-cols // 2) if meta["bits"] == 4 else cols
+        qt = QuantizedTensor(torch.zeros(out, code_cols, dtype=torch.uint8), torch.ones(out, groups, dtype=torch.float16),
+                             None if meta["symmetric"] else torch.zeros(out, groups, dtype=torch.uint8),
+                             (out, cols), meta["bits"], meta["group_size"])
+        return cls(qt, torch.zeros(out) if meta["bias"] else None)
 
     def quantized(self) -> QuantizedTensor:
         """The stored weight as a QuantizedTensor."""

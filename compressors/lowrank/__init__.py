@@ -1,0 +1,1 @@
+"""Low-rank decompositions, one per module."""
