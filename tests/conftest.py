@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny matrices that run in seconds, offline."""
+"""Shared fixtures: tiny matrices that run in seconds, offline, and a cache that is not the user's."""
 
 import os
 import subprocess
@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# What the tests build once and reuse (the fine-tuned teachers, the dequantized SmolLM2: minutes
+# to build) lives here, never in the user's ~/.cache/compbench. A CI job can keep it between runs.
+TEST_CACHE = Path(os.environ.get("COMPBENCH_TEST_CACHE") or REPO / ".cache-test").resolve()
 
 TINY_MATRIX = """
 name = "tiny"
@@ -51,6 +54,18 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_cache():
+    """Point COMPBENCH_CACHE (read by bench.paths.cache_dir, inherited by every CLI subprocess) at TEST_CACHE."""
+    before = os.environ.get("COMPBENCH_CACHE")
+    os.environ["COMPBENCH_CACHE"] = str(TEST_CACHE)
+    yield TEST_CACHE
+    if before is None:
+        del os.environ["COMPBENCH_CACHE"]
+    else:
+        os.environ["COMPBENCH_CACHE"] = before
 
 
 @pytest.fixture
