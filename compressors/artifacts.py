@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 ARTIFACT_FILE = "compbench_artifact.json"
+CONV1D_AS_LINEAR = "compbench_conv1d_as_linear"  # root attribute set by surgery.conv1d_to_linear_
 ATTRIBUTES = "compbench_attributes"  # on the root module: {submodule name: {attribute: value}}
 
 _LAYERS: dict[str, type[nn.Module]] = {}
@@ -128,8 +129,10 @@ def _skeleton(directory: Path, info: dict[str, Any]) -> nn.Module:
         raise ArtifactError(f"{directory}: unknown architecture {info['architecture']!r} in {ARTIFACT_FILE}")
     with torch.random.fork_rng(devices=[]):
         module = cls._from_config(config)
-    from compressors.surgery import set_submodule_
+    from compressors.surgery import conv1d_to_linear_, set_submodule_
 
+    if info.get("attributes", {}).get("", {}).get(CONV1D_AS_LINEAR):
+        conv1d_to_linear_(module)
     for entry in info.get("layers", []):
         layer_cls = _LAYERS.get(entry["type"])
         if layer_cls is None:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from compressors.artifacts import CONV1D_AS_LINEAR, artifact_layer, remember_attributes_
+
 # Names of classification / LM output layers (BERT "classifier", Llama "score", GPT-2 "lm_head").
 OUTPUT_LAYERS = ("lm_head", "classifier", "score")
 
@@ -53,6 +55,7 @@ def replace_linears_(module: nn.Module, make: Callable[[str, nn.Linear], nn.Modu
     return replaced
 
 
+@artifact_layer("split-qkv")
 class SplitQKV(nn.Module):
     """GPT-2's fused c_attn as three Linears whose outputs are concatenated [q | k | v].
 
@@ -66,6 +69,13 @@ class SplitQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+    def artifact_meta(self) -> dict:
+        return {"shapes": [[p.out_features, p.in_features] for p in (self.q, self.k, self.v)]}
+
+    @classmethod
+    def from_artifact_meta(cls, meta: dict) -> SplitQKV:
+        return cls(*(nn.Linear(cols, rows) for rows, cols in meta["shapes"]))
 
 
 def _linear_from_conv1d(conv: nn.Module, rows: slice | None = None) -> nn.Linear:
@@ -104,6 +114,8 @@ def conv1d_to_linear_(module: nn.Module, split_qkv: bool = True) -> int:
             new = _linear_from_conv1d(sub)
         set_submodule_(module, name, new)
         converted += 1
+    if converted:  # a reloaded artifact converts its from_config skeleton the same way
+        remember_attributes_(module, "", **{CONV1D_AS_LINEAR: True})
     return converted
 
 
