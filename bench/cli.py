@@ -7,11 +7,15 @@ stderr, no traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.config import ConfigError
+from bench.zoo import LoadPolicy, ZooError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -61,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only cells whose 'task/model/compressor(params)/device' matches (glob or substring)")
     run.add_argument("--quick", action="store_true", help="small slices and a short timer (smoke test)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--trust-remote-code", action="store_true",
+                     help="let a local or hf: model run the Python code it ships (auto_map); off by default")
+    run.add_argument("--allow-pickle", action="store_true",
+                     help="read pickle weights (pytorch_model.bin), which can run code when loaded; off by default")
 
     report = sub.add_parser("report", help="write reports/<run_id>/index.md and index.html for a run")
     report.add_argument("run_dir", type=Path, help="a run folder, e.g. results/default-20261122-120000")
@@ -85,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_BAD_INPUT
         return {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}[args.command](args)
-    except (UserError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UserError, ConfigError, ZooError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message held
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; finished cells are on disk (continue with --resume)", file=sys.stderr)
@@ -95,23 +103,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_matrix
+    from bench.executors import CELL_MEMORY_LIMIT_ENV
+    from bench.paths import check_run_id
     from bench.runner import run_matrix
     from bench.validate import validate_matrix
 
+    if args.run_id is not None:
+        try:
+            check_run_id(args.run_id)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     matrix = load_matrix(args.matrix, quick=args.quick)
     devices = _devices(args.device, matrix.devices)
-    validate_matrix(matrix)
-    run_id = args.run_id or _latest_run(args.out, matrix.name, args.resume) or _new_run_id(matrix.name)
-    run_dir = args.out / run_id
-    if (run_dir / "rows.jsonl").exists() and not args.resume:
-        raise UserError(f"{run_dir} already has results: add --resume to continue it, or choose another --run-id")
-    if args.executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UserError("--executor ray needs Ray: pip install 'compbench[ray]'") from None
-    run_dir = run_matrix(matrix, args.out, run_id, devices, executor=args.executor, resume=args.resume,
-                         only=args.only, progress=not args.no_progress)
+    policy = LoadPolicy(trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    # The prepare and cell processes the run starts read these (see LoadPolicy.from_env).
+    env = {**policy.to_env(), CELL_MEMORY_LIMIT_ENV: None if matrix.cell_memory_limit_mb is None
+           else str(matrix.cell_memory_limit_mb)}
+    with _environment(env):
+        validate_matrix(matrix, policy)
+        run_id = args.run_id or _latest_run(args.out, matrix.name, args.resume) or _new_run_id(matrix.name)
+        run_dir = args.out / run_id
+        if (run_dir / "rows.jsonl").exists() and not args.resume:
+            raise UserError(f"{run_dir} already has results: add --resume to continue it, or choose another --run-id")
+        if args.executor == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise UserError("--executor ray needs Ray: pip install 'compbench[ray]'") from None
+        run_dir = run_matrix(matrix, args.out, run_id, devices, executor=args.executor, resume=args.resume,
+                             only=args.only, progress=not args.no_progress)
     _summarise(run_dir)
     _write_report(run_dir, args.reports / run_id, ("md", "html"))
     return EXIT_OK
@@ -150,6 +170,25 @@ def _devices(choice: str, matrix_devices: tuple[str, ...]) -> tuple[str, ...]:
         if not torch.cuda.is_available():
             raise UserError("--device cuda: this machine has no CUDA device; use --device cpu")
     return (choice,)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, remove) environment variables for the duration of a run, then restore them."""
+    before = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _new_run_id(matrix_name: str) -> str:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from bench.paths import RUN_ID
 from compressors.base import CAUSAL_LM, CLASSIFICATION
 
 MATRICES_DIR = Path(__file__).parent / "matrices"
@@ -25,6 +28,7 @@ KNOWN_TASKS = {
     "bbc-topic": {"type": CLASSIFICATION, "dataset": "bbc-news"},
     "lm-bbc": {"type": CAUSAL_LM, "dataset": "bbc-news"},
 }
+
 
 
 class ConfigError(ValueError):
@@ -40,6 +44,8 @@ class TaskSpec:
         type: "classification" (accuracy, macro-F1) or "causal-lm" (perplexity).
         model: zoo name, hf:<id>, or a local save_pretrained directory.
         dataset: zoo name, hf:<id>, or a local .txt / .csv / .jsonl file.
+        test_dataset: held-out data of its own (same forms as `dataset`); when given, all of
+            `dataset` is train and all of `test_dataset` is scored (test_fraction unused).
         max_length: classification: tokens per example (truncation and padding).
         seq_len, stride: causal-lm: perplexity window and step (stride None = seq_len).
         max_tokens: causal-lm: held-out tokens scored (cut to whole windows).
@@ -53,6 +59,7 @@ class TaskSpec:
     model: str
     type: str = CLASSIFICATION
     dataset: str = "bbc-news"
+    test_dataset: str | None = None
     max_length: int = 128
     seq_len: int = 512
     stride: int | None = None
@@ -87,6 +94,10 @@ class Matrix:
     Attributes:
         threads: CPU threads for every runtime (fixed, so latencies compare).
         cell_timeout_s: a cell running longer is killed and recorded as an error.
+        cell_memory_limit_mb: address-space limit of each CPU cell's process (RLIMIT_AS); a cell
+            that allocates past it fails alone with an "out of memory" error row. None = this
+            machine's physical memory, 0 = no limit. Not applied to CUDA cells (the driver
+            reserves far more address space than it uses).
         latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget.
         bootstrap: resamples for confidence intervals.
     """
@@ -98,6 +109,7 @@ class Matrix:
     seed: int = 0
     threads: int = 0  # 0 = all cores of this machine
     cell_timeout_s: float = 3600.0
+    cell_memory_limit_mb: int | None = None
     latency_warmup: int = 3
     latency_min_iters: int = 20
     latency_min_seconds: float = 3.0
@@ -112,7 +124,7 @@ class Matrix:
 
 
 _TASK_FIELDS = {f.name: f for f in dataclasses.fields(TaskSpec)}
-_MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "latency_warmup",
+_MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "cell_memory_limit_mb", "latency_warmup",
                 "latency_min_iters", "latency_min_seconds", "bootstrap", "task", "compressor"}
 
 # --quick: small slices and a short timer, for smoke runs and tests.
@@ -149,8 +161,14 @@ def load_matrix(name_or_path: str, quick: bool = False) -> Matrix:
 
 
 def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = False) -> Matrix:
-    """Validate a matrix given as a dict (the parsed TOML)."""
+    """Validate a matrix given as a dict (the parsed TOML).
+
+    Raises:
+        ConfigError: anything that is not a runnable matrix (never another exception).
+    """
     where = source
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a matrix must be a table of keys, got {type(raw).__name__}")
     _no_unknown(raw, _MATRIX_KEYS, where)
     tasks_raw = raw.get("task")
     if not isinstance(tasks_raw, list) or not tasks_raw:
@@ -166,12 +184,17 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     devices = raw.get("devices", ["cpu"])
     if not isinstance(devices, list) or not devices or any(d not in DEVICES for d in devices):
         raise ConfigError(f"{where}: key 'devices' must be a list drawn from {list(DEVICES)}, got {devices!r}")
-    values: dict[str, Any] = {"name": raw.get("name", Path(source).stem)}
-    if not isinstance(values["name"], str) or not values["name"]:
-        raise ConfigError(f"{where}: key 'name' must be a non-empty string")
+    # Without a 'name' the file's stem names the run, made safe for a folder name.
+    default_name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).stem).strip("._-") or "matrix"
+    values: dict[str, Any] = {"name": raw.get("name", default_name)}
+    # The name starts the run folder's name (<name>-<UTC time>) and a glob (--resume): the run id rule.
+    if not isinstance(values["name"], str) or not RUN_ID.fullmatch(values["name"]) or ".." in values["name"]:
+        raise ConfigError(f"{where}: key 'name' must be letters, digits, '.', '_' or '-' (it names the run "
+                          f"folder), starting with a letter or digit, got {values['name']!r}")
     for key, kind, low in (("seed", int, 0), ("threads", int, 0), ("cell_timeout_s", float, 1),
-                           ("latency_warmup", int, 0), ("latency_min_iters", int, 1),
-                           ("latency_min_seconds", float, 0), ("bootstrap", int, 10)):
+                           ("cell_memory_limit_mb", int, 0), ("latency_warmup", int, 0),
+                           ("latency_min_iters", int, 1), ("latency_min_seconds", float, 0),
+                           ("bootstrap", int, 10)):
         if key in raw:
             values[key] = _number(raw[key], kind, low, f"{where}: key {key!r}")
     if quick:
@@ -188,7 +211,7 @@ def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: key 'name' is required (a known task: {', '.join(KNOWN_TASKS)}, "
                           "or any name with 'type' and 'dataset')")
-    if "model" not in raw or not isinstance(raw["model"], str):
+    if not isinstance(raw.get("model"), str) or not raw["model"].strip():
         raise ConfigError(f"{where}: key 'model' is required (a zoo name, hf:<id> or a local directory)")
     values = dict(KNOWN_TASKS.get(name, {}))
     if name not in KNOWN_TASKS and not {"type", "dataset"} <= raw.keys():
@@ -197,9 +220,13 @@ def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
         raise ConfigError(f"{where}: unknown task {name!r}: {hint}known: {', '.join(KNOWN_TASKS)}; "
                           "a custom task needs 'type' and 'dataset'")
     values.update(raw)
+    for key in ("dataset", "test_dataset"):
+        if key in values and (not isinstance(values[key], str) or not values[key].strip()):
+            raise ConfigError(f"{where}: key {key!r} must be a dataset name (a zoo name, hf:<id>, or a .txt, .csv "
+                              f"or .jsonl file), got {values[key]!r}")
     # One sequence at a time is the usual way to serve a causal LM; classifiers see a batch.
     values.setdefault("latency_batch", 8 if values["type"] == CLASSIFICATION else 1)
-    if values["type"] not in (CLASSIFICATION, CAUSAL_LM):
+    if not isinstance(values["type"], str) or values["type"] not in (CLASSIFICATION, CAUSAL_LM):
         raise ConfigError(f"{where}: key 'type' must be {CLASSIFICATION!r} or {CAUSAL_LM!r}, got {values['type']!r}")
     for key in ("max_length", "seq_len", "max_tokens", "eval_limit", "train_limit", "latency_batch", "stride"):
         if values.get(key) is not None:
@@ -228,24 +255,39 @@ def _parse_compressor(raw: Any, where: str) -> CompressorSpec:
     params = {k: v for k, v in raw.items() if k != "name"}
     try:
         build(raw["name"], params)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    except (KeyError, ValueError, TypeError) as exc:  # what configs raise for bad parameters
+        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+    except Exception as exc:  # a method's own check tripping over an odd value is still bad input
+        raise ConfigError(f"{where}: parameters {params!r} rejected by {raw['name']!r} "
+                          f"({type(exc).__name__}: {_one_line(exc)})") from None
     return CompressorSpec(name=raw["name"], params=params)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes its message
+    return " ".join(text.split())
 
 
 def _no_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in raw:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: keys must be strings, got {key!r}")
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"{where}: unknown key {key!r}: {hint}allowed: {', '.join(sorted(allowed))}")
 
 
+MAX_NUMBER = 2**31 - 1  # beyond this no count, length or seed here makes sense (and int32 code overflows)
+
+
 def _number(value: Any, kind: type, low: float, where: str) -> Any:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
         ok = ok and isinstance(value, int)
-    if not ok or value < low:
+    ok = ok and math.isfinite(value)  # nan compares false with everything and would slip through
+    if not ok or not low <= value <= MAX_NUMBER:
         expected = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{where}: expected {expected} >= {low}, got {value!r}")
+        bound = f"<= {MAX_NUMBER}" if ok and value > MAX_NUMBER else f">= {low}"
+        raise ConfigError(f"{where}: expected {expected} {bound}, got {value!r}")
     return kind(value)

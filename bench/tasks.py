@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench.config import TaskSpec
 from bench.measure import Measurement
-from bench.zoo.data import TextDataset, load_dataset, split_dataset
+from bench.zoo.data import TextDataset, load_dataset, pair_datasets, split_dataset
 from compressors.base import CAUSAL_LM, CLASSIFICATION, Batch, Model
 
 EVAL_BATCH_SIZE = 16
@@ -24,12 +24,18 @@ CALIBRATION_BATCH_SIZE = 8
 
 
 def load_splits(spec: TaskSpec, seed: int) -> tuple[TextDataset, TextDataset]:
-    """(train, test) of the task's dataset; the split is stratified and fixed by `seed`."""
+    """(train, test) of the task's dataset; the split is stratified and fixed by `seed`.
+
+    With `spec.test_dataset`, the whole `dataset` is train and the whole `test_dataset` held out.
+    """
     dataset = load_dataset(spec.dataset)
     if spec.type == CLASSIFICATION and dataset.labels is None:
         raise ValueError(f"task {spec.name!r}: dataset {spec.dataset!r} has no labels; "
                          "classification needs a .csv/.jsonl with 'text' and 'label' columns")
-    train, test = split_dataset(dataset, test_fraction=spec.test_fraction, seed=seed)
+    if spec.test_dataset is not None:
+        train, test = pair_datasets(dataset, load_dataset(spec.test_dataset))
+    else:
+        train, test = split_dataset(dataset, test_fraction=spec.test_fraction, seed=seed)
     return _head(train, spec.train_limit), _head(test, spec.eval_limit if spec.type == CLASSIFICATION else None)
 
 

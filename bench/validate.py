@@ -1,7 +1,8 @@
 """Checks a matrix against the zoo before any cell starts, so bad input costs nothing.
 
 Everything here raises `ConfigError` with one line naming what is wrong and what
-would be right.
+would be right. The model checks are the loader's own (`bench.zoo.models.check_model`),
+so what validation accepts is what the loader loads.
 """
 
 from __future__ import annotations
@@ -10,54 +11,100 @@ import difflib
 from pathlib import Path
 
 from bench.config import ConfigError, Matrix, TaskSpec
+from bench.zoo import LoadPolicy
+from compressors.base import CAUSAL_LM
 
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+LOCAL_DATA_SUFFIXES = (".txt", ".csv", ".jsonl")
 
 
-def validate_matrix(matrix: Matrix) -> None:
-    """Every task's model and dataset exists and its data has what the task needs."""
+def validate_matrix(matrix: Matrix, policy: LoadPolicy | None = None) -> None:
+    """Every task's model and data exist, pass the loader's checks, and leave something to score.
+
+    Args:
+        matrix: the validated matrix.
+        policy: what the run allows (remote code, pickles); default as in the environment, both off.
+    """
     from bench.tasks import load_splits
-    from bench.zoo.data import ZooError
+    from bench.zoo import ZooError
 
+    policy = policy or LoadPolicy.from_env()
     for task in matrix.tasks:
         where = f"{matrix.source}: task {task.name!r}"
-        check_model_name(task.model, where)
-        check_dataset_name(task, where)
+        check_model_name(task.model, where, policy)
+        check_dataset_name(task.dataset, where)
+        if task.test_dataset is not None:
+            check_dataset_name(task.test_dataset, where, key="test_dataset")
         try:
-            load_splits(task, matrix.seed)
+            train, test = load_splits(task, matrix.seed)
         except (ZooError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        check_held_out(task, len(train), [*test.texts], where, policy)
 
 
-def check_model_name(name: str, where: str) -> None:
-    from bench.zoo.models import known_models
+def check_model_name(name: str, where: str, policy: LoadPolicy | None = None) -> None:
+    """The model's files pass the loader's checks (pins, caches, weight files, remote code)."""
+    from bench.zoo import ZooError
+    from bench.zoo.models import check_model
 
-    if name in known_models() or name.startswith("hf:"):
-        return
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
-            raise ConfigError(f"{where}: model directory {name} has no weights (expected one of "
-                              f"{', '.join(WEIGHT_FILES)}, as written by save_pretrained)")
-        return
-    close = difflib.get_close_matches(name, list(known_models()), n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise ConfigError(f"{where}: unknown model {name!r}: {hint}use a zoo name ({', '.join(known_models())}), "
-                      "hf:<id>, or a local save_pretrained directory")
+    try:
+        check_model(name, policy or LoadPolicy.from_env())
+    except ZooError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def check_dataset_name(task: TaskSpec, where: str) -> None:
+def check_dataset_name(name: str, where: str, key: str = "dataset") -> None:
     from bench.zoo.data import known_datasets
 
-    name = task.dataset
     if name in known_datasets() or name.startswith("hf:"):
         return
     path = Path(name).expanduser()
-    if path.suffix in (".txt", ".csv", ".jsonl"):
+    if path.suffix.lower() in LOCAL_DATA_SUFFIXES:
         if not path.is_file():
-            raise ConfigError(f"{where}: dataset file {name} does not exist")
+            raise ConfigError(f"{where}: {key} file {name} does not exist")
         return
     close = difflib.get_close_matches(name, list(known_datasets()), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise ConfigError(f"{where}: unknown dataset {name!r}: {hint}use a zoo name ({', '.join(known_datasets())}), "
+    raise ConfigError(f"{where}: unknown {key} {name!r}: {hint}use a zoo name ({', '.join(known_datasets())}), "
                       "hf:<id>, a .txt file (language modelling) or a .csv/.jsonl with text,label columns")
+
+
+def check_held_out(task: TaskSpec, n_train: int, test_texts: list[str], where: str, policy: LoadPolicy) -> None:
+    """Both splits have examples; a causal LM's held-out text fills at least one window.
+
+    Tokens are counted with the task model's own tokenizer, for data other than the zoo's
+    (whose size is known) and models other than hf:<id> (whose tokenizer is on the hub).
+    """
+    from bench.zoo.data import known_datasets
+
+    source = task.test_dataset or task.dataset
+    held_out = (f"test_dataset {source}" if task.test_dataset
+                else f"the held-out {task.test_fraction:.0%} of {source}")
+    instead = "" if task.test_dataset else ", or name held-out data of its own with test_dataset"
+    unit = "paragraph" if task.type == CAUSAL_LM else "example"
+    if not test_texts:
+        raise ConfigError(f"{where}: {held_out} has no {unit}s ({n_train} went to training); give more {unit}s"
+                          f"{' (paragraphs are separated by blank lines)' if unit == 'paragraph' else ''}{instead}")
+    if n_train == 0:
+        raise ConfigError(f"{where}: the training part of {task.dataset} is empty ({len(test_texts)} {unit}(s) "
+                          f"held out); give more {unit}s or a lower test_fraction")
+    if task.type != CAUSAL_LM or task.model.startswith("hf:"):
+        return
+    if all(name in known_datasets() for name in (task.dataset, task.test_dataset) if name is not None):
+        return
+    from bench.zoo import ZooError
+    from bench.zoo.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(task.model, policy)
+    except ZooError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    # The stream the perplexity is scored on: paragraphs joined by blank lines, cut to max_tokens.
+    tokens = len(tokenizer("\n\n".join(test_texts), add_special_tokens=False)["input_ids"])
+    scored = min(tokens, task.max_tokens)
+    if scored >= task.seq_len:
+        return
+    limit = " (max_tokens)" if scored < tokens else ""
+    shorter = f"lower seq_len to at most {scored}, " if scored >= 2 else ""
+    raise ConfigError(f"{where}: {held_out} has {len(test_texts)} {unit}(s) and {scored} tokens{limit} "
+                      f"({task.model} tokenizer), fewer than one perplexity window of seq_len={task.seq_len}; "
+                      f"{shorter}give more text{instead}")

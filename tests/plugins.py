@@ -34,3 +34,26 @@ class OutOfMemory(Compressor):
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         os.kill(os.getpid(), signal.SIGKILL)
         return model
+
+
+@register("test-abort", config=NoConfig)
+class Abort(Compressor):
+    """Dies the way a failed assertion in native code kills a process."""
+
+    def compress(self, model: Model, ctx: CompressContext) -> Model:
+        os.abort()
+
+
+@register("test-alloc", config=NoConfig)
+class AllocateForever(Compressor):
+    """Allocates 256 MB tensors until the process's memory limit stops it.
+
+    torch.empty leaves the pages untouched, so the test costs address space, not the machine's memory.
+    """
+
+    def compress(self, model: Model, ctx: CompressContext) -> Model:
+        import torch
+
+        blocks = []
+        while True:
+            blocks.append(torch.empty(64 << 20, dtype=torch.float32))

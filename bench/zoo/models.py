@@ -3,6 +3,10 @@
 `load_model(name, kind, train_data=...)` returns a `TorchModel` ready for the task: for
 classification, an encoder fine-tuned on the task's training split (cached, see
 `bench.zoo.teacher`); for causal-lm, the language model as it is.
+
+`check_model` is what validation runs before any cell: the same checks the loader makes
+(shipped files against their pins, caches against their records, a local directory's
+weights against `WEIGHT_FILES` and the `LoadPolicy`), without loading a model.
 """
 
 from __future__ import annotations
@@ -11,18 +15,25 @@ import difflib
 import hashlib
 import importlib.metadata
 import json
-import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.paths import cache_dir
-from bench.zoo import OFFLINE_MODELS, ZooError, require_hub, sha256_file, verify_file
+from bench.zoo import (
+    OFFLINE_MODELS,
+    LoadPolicy,
+    ZooError,
+    publish_directory,
+    require_hub,
+    sha256_file,
+    verify_cached_dir,
+    verify_file,
+)
 from bench.zoo.data import TextDataset
-from bench.zoo.smollm import SMOLLM_GGUF, SMOLLM_NOTE, SMOLLM_PACKAGE, SMOLLM_SHA256, smollm_dir
+from bench.zoo.smollm import SMOLLM_GGUF, SMOLLM_NOTE, SMOLLM_PACKAGE, SMOLLM_SHA256, gguf_path, smollm_dir
 from bench.zoo.teacher import FineTuneRecipe, teacher_key, trained_classifier
 from compressors.base import CAUSAL_LM, CLASSIFICATION, TorchModel
 
@@ -52,6 +63,13 @@ _DECODERS = {
     "tiny-llama": "random 2-layer Llama (hidden 64); for tests",
 }
 _TINY = ("tiny-bert", "tiny-gpt2", "tiny-llama")
+# The weight files from_pretrained reads from a save_pretrained directory, in its order of
+# preference. Validation accepts a directory exactly when the loader can read one of these:
+# the one list both use. The last two are pickles, read only with LoadPolicy.allow_pickle.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # unpickling these can run arbitrary code
+HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # hf:<owner>/<name> or hf:<name>
 TINY_LR = 2e-3  # random weights need big steps to learn anything in seconds
 TINY_MIN_STEPS = 60  # and enough of them on the few examples of a quick run
 
@@ -87,7 +105,7 @@ def file_hashes(name: str) -> dict[str, str]:
         return {f"{SMOLLM_PACKAGE}/{SMOLLM_GGUF}": SMOLLM_SHA256}
     path = Path(name).expanduser()
     if name not in known_models() and not name.startswith("hf:") and path.is_dir():
-        return {str(p): sha256_file(p.resolve()) for p in _weight_files(path)}
+        return {str(p): sha256_file(p.resolve()) for p in _weight_files(path, allow_pickle=True)}
     return {}
 
 
@@ -112,28 +130,30 @@ def minilm_l3_dir() -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise ZooError(f"model 'minilm-l3' needs the package: pip install {MINILM_L3_PACKAGE}") from None
     verify_file(onnx_file, MINILM_L3_SHA256, MINILM_L3_PACKAGE)
-    target = cache_dir() / f"minilm-l3-{MINILM_L3_SHA256[:12]}"
+    target = _minilm_l3_cache()
     if (target / "model.safetensors").is_file():
-        return target
+        return verify_cached_dir(target, full=False)
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
                         intermediate_size=1536, max_position_embeddings=512)
     model = BertModel(config, add_pooling_layer=False)
     model.load_state_dict(_onnx_bert_weights(onnx_file), strict=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".minilm-l3-", dir=cache_dir()))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         # Same uncased 30,522-token vocabulary as MiniLM-L6; the ONNX package ships no tokenizer.
         AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        tmp.rename(target)
-    except OSError:
-        if not (target / "model.safetensors").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return publish_directory(target, write, "model.safetensors")
+
+
+def _minilm_l3_cache() -> Path:
+    return cache_dir() / f"minilm-l3-{MINILM_L3_SHA256[:12]}"
+
+
+def _smollm_cache() -> Path:
+    return cache_dir() / f"smollm2-135m-{SMOLLM_SHA256[:12]}"  # where bench.zoo.smollm.smollm_dir builds it
 
 
 def _onnx_bert_weights(onnx_file: Path) -> dict[str, torch.Tensor]:
@@ -183,8 +203,93 @@ def _tiny_module(name: str, kind: str, vocab_size: int, num_labels: int) -> torc
                                         max_position_embeddings=512))
 
 
-def _weight_files(path: Path) -> list[Path]:
-    return sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.glob(pattern))
+def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
+    """The weight files from_pretrained would read from `path` (an index and its shards), or []."""
+    for name in WEIGHT_FILES:
+        file = path / name
+        if not file.is_file() or (not allow_pickle and ".bin" in name):
+            continue
+        if not name.endswith(".index.json"):
+            return [file]
+        try:
+            shards = sorted(set(json.loads(file.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ZooError(f"model directory {path}: {name} is not a valid shard index (a JSON object with "
+                           "a 'weight_map'); save the model again with save_pretrained") from None
+        missing = [shard for shard in shards if not (path / shard).is_file()]
+        if missing:
+            raise ZooError(f"model directory {path}: {name} lists {len(missing)} shard(s) that are missing, "
+                           f"e.g. {missing[0]}; copy the whole save_pretrained directory")
+        return [file, *(path / shard for shard in shards)]
+    return []
+
+
+def check_local_dir(path: Path, policy: LoadPolicy) -> list[Path]:
+    """The weight files the loader will read from a local save_pretrained directory.
+
+    Raises:
+        ZooError: no config.json, a config that is not JSON, code that would run without
+            --trust-remote-code, only pickle weights without --allow-pickle, or no weights
+            from_pretrained reads (with what was found instead).
+    """
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ZooError(f"model directory {path} has no config.json; expected the files save_pretrained writes "
+                       f"(config.json and {WEIGHT_FILES[0]})")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ZooError(f"model directory {path}: config.json is not valid JSON; save the model again with "
+                       "save_pretrained") from None
+    if not isinstance(config, dict):
+        raise ZooError(f"model directory {path}: config.json must hold a JSON object, as save_pretrained writes")
+    if config.get("auto_map") and not policy.trust_remote_code:
+        raise ZooError(f"model directory {path} ships its own Python code (auto_map in config.json), which "
+                       "compbench runs only with --trust-remote-code; pass it if you trust that code")
+    weights = _weight_files(path, policy.allow_pickle)
+    if weights:
+        return weights
+    if _weight_files(path, allow_pickle=True):
+        raise ZooError(f"model directory {path} has only pickle weights (pytorch_model.bin), which can run code "
+                       "when loaded; convert them with save_pretrained(dir, safe_serialization=True), or pass "
+                       "--allow-pickle if you trust the file")
+    others = sorted(p.name for p in path.iterdir() if p.suffix in (*PICKLE_SUFFIXES, ".safetensors", ".gguf"))
+    found = f"; found {', '.join(others[:3])}, which from_pretrained does not read" if others else ""
+    raise ZooError(f"model directory {path} has no weights from_pretrained reads (expected one of "
+                   f"{', '.join(WEIGHT_FILES)}, as save_pretrained writes){found}")
+
+
+def check_model(name: str, policy: LoadPolicy | None = None) -> None:
+    """Everything `load_model(name, ...)` would refuse, found without loading a model.
+
+    Verifies the shipped files of a zoo model against their pinned sha256 and any cache built
+    from them against its record, a local directory with `check_local_dir`, an hf:<id>'s form.
+
+    Raises:
+        ZooError: unknown name (with close names), tampered or missing files, a corrupted cache,
+            a local directory the loader would refuse, a malformed hf:<id>.
+    """
+    policy = policy or LoadPolicy.from_env()
+    if name in _TINY or name == "minilm-l6":
+        minilm_dir()  # the tiny models read the MiniLM tokenizer
+    elif name == "minilm-l3":
+        minilm_dir()
+        if _minilm_l3_cache().is_dir():
+            verify_cached_dir(_minilm_l3_cache())
+    elif name == "smollm2-135m":
+        gguf_path()
+        if _smollm_cache().is_dir():
+            verify_cached_dir(_smollm_cache())
+    elif name.startswith("hf:"):
+        if not HF_ID.fullmatch(name[3:]):
+            raise ZooError(f"model {name!r} is not a Hugging Face id: use hf:<owner>/<name>, e.g. hf:gpt2")
+    elif Path(name).expanduser().is_dir():
+        check_local_dir(Path(name).expanduser(), policy)
+    else:
+        close = difflib.get_close_matches(name, list(known_models()), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ZooError(f"unknown model {name!r}: {hint}use a zoo name ({', '.join(known_models())}), "
+                       "hf:<id>, or a local save_pretrained directory")
 
 
 def _check_kind(name: str, kind: str) -> None:
@@ -198,7 +303,7 @@ def _check_kind(name: str, kind: str) -> None:
                        f"({', '.join(_ENCODERS)}) for {kind}")
 
 
-def _source(name: str, progress: bool) -> tuple[str | Path, str, dict[str, Any]]:
+def _source(name: str, progress: bool, policy: LoadPolicy) -> tuple[str | Path, str, dict[str, Any]]:
     """(what from_pretrained reads, an identity of the weights for cache keys, from_pretrained kwargs)."""
     offline = {"local_files_only": True}
     if name == "minilm-l6":
@@ -206,27 +311,27 @@ def _source(name: str, progress: bool) -> tuple[str | Path, str, dict[str, Any]]
     if name == "minilm-l3":
         return minilm_l3_dir(), f"minilm-l3:{MINILM_L3_SHA256}", offline
     if name == "smollm2-135m":
-        return smollm_dir(progress), f"smollm2:{SMOLLM_SHA256}", offline
+        return verify_cached_dir(smollm_dir(progress), full=False), f"smollm2:{SMOLLM_SHA256}", offline
+    # A user's model: its own code runs only when trusted, pickles are read only when allowed
+    # (use_safetensors=True makes from_pretrained refuse them; None lets it fall back to them).
+    untrusted = {"trust_remote_code": policy.trust_remote_code,
+                 "use_safetensors": None if policy.allow_pickle else True}
     if name.startswith("hf:"):
+        check_model(name, policy)
         require_hub(name, OFFLINE_MODELS)
-        return name[3:], name, {}
+        return name[3:], name, untrusted
     path = Path(name).expanduser()
     if not path.is_dir():
-        close = difflib.get_close_matches(name, list(known_models()), n=3)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise ZooError(f"unknown model {name!r}: {hint}use a zoo name ({', '.join(known_models())}), "
-                       "hf:<id>, or a local save_pretrained directory")
-    weights = _weight_files(path)
-    if not weights or not (path / "config.json").is_file():
-        raise ZooError(f"model directory {path} lacks config.json or weights; expected the files save_pretrained "
-                       "writes (config.json with model.safetensors or pytorch_model.bin)")
+        check_model(name, policy)  # raises: unknown name
+    weights = check_local_dir(path, policy)
     identity = hashlib.sha256("".join(sha256_file(p.resolve()) for p in weights).encode()).hexdigest()
-    return path, f"local:{identity}", offline
+    return path, f"local:{identity}", {**offline, **untrusted}
 
 
 def _tokenizer(source: str | Path, kwargs: dict[str, Any]) -> Any:
     from transformers import AutoTokenizer
 
+    kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}  # a model option, not a tokenizer's
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -238,8 +343,32 @@ def _tokenizer(source: str | Path, kwargs: dict[str, Any]) -> Any:
 
 
 # ---- public -----------------------------------------------------------------------------------
+def load_tokenizer(name: str, policy: LoadPolicy | None = None) -> Any:
+    """The tokenizer of model `name`, without loading its weights (validation counts tokens with it).
+
+    SmolLM2's comes from its cache when built, else from the GGUF file (a few seconds).
+    """
+    policy = policy or LoadPolicy.from_env()
+    check_model(name, policy)
+    if name in _TINY or name in ("minilm-l6", "minilm-l3"):
+        return _tokenizer(minilm_dir(), {"local_files_only": True})  # L3 ships none; the L6 one fits
+    if name == "smollm2-135m":
+        if (_smollm_cache() / "tokenizer.json").is_file():
+            return _tokenizer(_smollm_cache(), {"local_files_only": True})
+        from transformers import AutoTokenizer
+
+        source = gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    source, _, kwargs = _source(name, progress=False, policy=policy)
+    return _tokenizer(source, kwargs)
+
+
 def load_model(name: str, kind: str, *, train_data: TextDataset | None = None, max_length: int = 128,
-               seed: int = 0, device: str = "cpu", progress: bool = True) -> TorchModel:
+               seed: int = 0, device: str = "cpu", progress: bool = True,
+               policy: LoadPolicy | None = None) -> TorchModel:
     """The model `name` ready for a task of `kind`, in fp32 and eval mode.
 
     Args:
@@ -250,15 +379,19 @@ def load_model(name: str, kind: str, *, train_data: TextDataset | None = None, m
         seed: seeds the tiny models' random weights and the fine-tune.
         device: where the returned model lives.
         progress: show progress bars while building caches.
+        policy: whether a user's model may run its own code or be read from pickles (default: as
+            `compbench run` set it in the environment; both off).
 
     Raises:
-        ZooError: unknown name, wrong kind for the model, missing files, hub not reachable, missing train data.
+        ZooError: unknown name, wrong kind for the model, missing files, hub not reachable, missing train data,
+            a corrupted cache, code or pickles the policy does not allow.
     """
     _check_kind(name, kind)
+    policy = policy or LoadPolicy.from_env()
     if name in _TINY:  # random weights, read with the MiniLM tokenizer
         source, identity, kwargs = minilm_dir(), f"{name}:seed{seed}", {"local_files_only": True}
     else:
-        source, identity, kwargs = _source(name, progress)
+        source, identity, kwargs = _source(name, progress, policy)
     tokenizer = _tokenizer(source, kwargs)
     notes = model_notes(name)
     if kind == CLASSIFICATION:
@@ -315,11 +448,12 @@ def _classifier(name: str, source: str | Path, identity: str, kwargs: dict[str, 
         steps_per_epoch = -(-len(train) // recipe.batch_size)
         recipe = FineTuneRecipe(epochs=max(3, -(-TINY_MIN_STEPS // steps_per_epoch)), lr=TINY_LR)
     key = teacher_key(identity, train, max_length, seed, recipe)
-    path = trained_classifier(key, build_base, tokenizer, train, max_length, seed, recipe, progress)
+    path = verify_cached_dir(trained_classifier(key, build_base, tokenizer, train, max_length, seed, recipe, progress),
+                             full=False)
     return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True), recipe
 
 
 def prepare_model(name: str, kind: str, *, train_data: TextDataset | None = None, max_length: int = 128,
-                  seed: int = 0) -> None:
+                  seed: int = 0, policy: LoadPolicy | None = None) -> None:
     """Build the caches a model needs (GGUF dequantization, ONNX conversion, fine-tune) with progress; idempotent."""
-    load_model(name, kind, train_data=train_data, max_length=max_length, seed=seed, progress=True)
+    load_model(name, kind, train_data=train_data, max_length=max_length, seed=seed, progress=True, policy=policy)
