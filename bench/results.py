@@ -83,6 +83,20 @@ def repair_torn_tail(run_dir: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
+def drop_error_cells(run_dir: Path) -> int:
+    """Remove the rows of cells that ended in error (atomically), so a resume runs them again
+    without leaving two results for one cell. Returns how many cells were dropped."""
+    rows = read_rows(run_dir)
+    failed = {r["cell_id"] for r in rows if r.get("status") == ERROR and r.get("metric") == "cell"}
+    if not failed:
+        return 0
+    path = Path(run_dir) / ROWS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(canonical_json(r) + "\n" for r in rows if r["cell_id"] not in failed), encoding="utf-8")
+    tmp.replace(path)
+    return len(failed)
+
+
 def finished_cells(run_dir: Path) -> set[str]:
     """Cell ids that already have rows (whatever their status)."""
     return {row["cell_id"] for row in read_rows(run_dir)}

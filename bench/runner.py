@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import provenance
-from bench.config import CompressorSpec, Matrix, TaskSpec
+from bench.config import CompressorSpec, ConfigError, Matrix, TaskSpec
 from bench.executors import CellOutcome, LocalExecutor, RayExecutor
+from bench.paired import SCORES_DIR, add_paired_rows
 from bench.results import (
     ERROR,
     OK,
@@ -26,6 +27,7 @@ from bench.results import (
     Row,
     append_rows,
     canonical_json,
+    drop_error_cells,
     finished_cells,
     read_manifest,
     repair_torn_tail,
@@ -33,6 +35,25 @@ from bench.results import (
 )
 
 BASELINE = "identity"
+
+
+# Everything that changes a measurement besides the cell itself: a resumed run must match these.
+SETTINGS = ("seed", "threads", "latency_warmup", "latency_min_iters", "latency_min_seconds", "bootstrap")
+
+
+def normalized(compressor: CompressorSpec) -> CompressorSpec:
+    """The compressor with every parameter filled from its config (defaults applied, spellings unified),
+    so `weight-only` and `weight-only bits=4 group_size=128` are one cell with one id and one label."""
+    from compressors import build
+
+    return CompressorSpec(compressor.name, build(compressor.name, compressor.params).config.to_params())
+
+
+def measurement_settings(matrix: Matrix) -> dict[str, Any]:
+    """The settings recorded in the manifest and compared on --resume."""
+    values = {key: getattr(matrix, key) for key in SETTINGS}
+    values["threads"] = matrix.effective_threads()
+    return values
 
 
 def cell_id(task: TaskSpec, compressor: CompressorSpec, device: str) -> str:
@@ -49,9 +70,13 @@ def cell_label(task: TaskSpec, compressor: CompressorSpec, device: str) -> str:
 def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None) -> list[dict[str, Any]]:
     """Every (task, device, compressor) cell, grouped by task so a model's cache stays warm."""
     cells = []
+    seen: set[str] = set()
     for task in matrix.tasks:
         for device in devices:
-            for compressor in matrix.compressors:
+            for compressor in map(normalized, matrix.compressors):
+                if cell_id(task, compressor, device) in seen:  # two spellings of one variant: one cell
+                    continue
+                seen.add(cell_id(task, compressor, device))
                 label = cell_label(task, compressor, device)
                 if only and not fnmatch.fnmatch(label, only) and only not in label:
                     continue
@@ -74,6 +99,12 @@ def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Ro
                   runtime=outcome.runtime, threads=cell["threads"])
     rows = []
     for record in outcome.records:
+        if record["kind"] == "scores":
+            continue  # kept in run_dir/scores/ by `save_scores`, not in the table
+        if record["kind"] == "metric-skipped":  # one metric this runtime cannot give, with the reason
+            rows.append(Row(**common, metric=record["metric"], value=None, unit=None, higher_is_better=None,
+                            status=SKIPPED, reason=record["reason"]))
+            continue
         if record["kind"] != "measurement":
             status = SKIPPED if record["kind"] == SKIPPED else ERROR
             rows.append(Row(**common, metric="cell", value=None, unit=None, higher_is_better=None,
@@ -84,6 +115,17 @@ def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Ro
                         ci_high=record["ci_high"], status=OK,
                         details=canonical_json(record["extra"]) if record["extra"] else None))
     return rows
+
+
+def save_scores(run_dir: Path, cell: dict[str, Any], outcome: CellOutcome) -> None:
+    """Write the cell's per-example (per-window) scores to run_dir/scores/<cell_id>.json (before its rows)."""
+    scores = {r["metric"]: r["scores"] for r in outcome.records if r["kind"] == "scores"}
+    if scores:
+        folder = run_dir / SCORES_DIR
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"{cell['id']}.tmp"
+        tmp.write_text(json.dumps(scores), encoding="utf-8")
+        tmp.replace(folder / f"{cell['id']}.json")
 
 
 def prepare_task(task: dict[str, Any], seed: int) -> str | None:
@@ -107,14 +149,31 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     from tqdm import tqdm
 
     run_dir = out_dir / run_id
+    cells = plan_cells(matrix, devices, only)
+    settings = measurement_settings(matrix)
+    previous = read_manifest(run_dir) if resume else {}
+    if previous.get("git_commit") and previous["git_commit"] != provenance.git_commit():
+        print(f"note: {run_id} was started at commit {previous['git_commit']}; resuming at "
+              f"{provenance.git_commit()} (the manifest keeps both)", file=sys.stderr)
+        previous.setdefault("resumed_at_commits", []).append(provenance.git_commit())
+    if previous.get("settings"):
+        differing = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
+        if differing:
+            changes = ", ".join(f"{k} {previous['settings'].get(k)!r} -> {settings[k]!r}" for k in differing)
+            raise ConfigError(f"--resume {run_id}: the run on disk was measured with other settings ({changes}); "
+                              "rows measured two ways would not compare: start a new run (another --run-id)")
     run_dir.mkdir(parents=True, exist_ok=True)
     repair_torn_tail(run_dir)
-    cells = plan_cells(matrix, devices, only)
+    if resume:
+        retried = drop_error_cells(run_dir)  # a cell that failed gets another chance, without a duplicate row
+        if retried:
+            print(f"retrying {retried} cell(s) that ended in error", file=sys.stderr)
     done = finished_cells(run_dir) if resume else set()
     todo = [c for c in cells if c["id"] not in done]
 
-    manifest = read_manifest(run_dir) or provenance.manifest(matrix, run_id)
-    manifest["cells"] = {c["id"]: c["label"] for c in cells}
+    manifest = previous or provenance.manifest(matrix, run_id)
+    manifest["settings"] = settings
+    manifest["cells"] = {**manifest.get("cells", {}), **{c["id"]: c["label"] for c in cells}}
     write_manifest(run_dir, manifest)
     if done:
         print(f"resuming {run_id}: {len(cells) - len(todo)} of {len(cells)} cells already on disk", file=sys.stderr)
@@ -146,11 +205,13 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     bar = tqdm(total=len(jobs), desc=run_id, unit="cell", disable=not progress, file=sys.stderr)
     for index, outcome in runner.map(jobs, matrix.cell_timeout_s):
         cell = jobs[index][0]
+        save_scores(run_dir, cell, outcome)
         append_rows(run_dir, rows_for(run_id, cell, outcome))
         status = outcome.records[0]["kind"] if outcome.records else "empty"
         bar.set_postfix_str(f"{cell['label']}: {'ok' if status == 'measurement' else status}")
         bar.update(1)
     bar.close()
+    add_paired_rows(run_dir)
 
     manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_manifest(run_dir, manifest)

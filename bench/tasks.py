@@ -6,8 +6,10 @@ get: calibration and training batches from the train split, never the held-out o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -36,27 +38,51 @@ def load_splits(spec: TaskSpec, seed: int) -> tuple[TextDataset, TextDataset]:
         train, test = pair_datasets(dataset, load_dataset(spec.test_dataset))
     else:
         train, test = split_dataset(dataset, test_fraction=spec.test_fraction, seed=seed)
-    return _head(train, spec.train_limit), _head(test, spec.eval_limit if spec.type == CLASSIFICATION else None)
+    return _head(train, spec.train_limit, seed), _head(test, spec.eval_limit if spec.type == CLASSIFICATION else None,
+                                                    seed)
 
 
-def _head(ds: TextDataset, limit: int | None) -> TextDataset:
-    """The first `limit` examples, taken round-robin over labels so classes stay balanced."""
+def stratified_order(labels: Sequence[int] | None, n: int, seed: int) -> list[int]:
+    """A seeded order of range(n) in which every prefix covers the classes evenly.
+
+    Each label's indices are shuffled with `random.Random(seed)`, then taken round-robin
+    over labels (smallest label first), so the first k indices hold about k / classes of
+    each class. Without labels it is a plain seeded shuffle. Used wherever a subset is
+    taken ("the first N" of a split would be one class: BBC is stored class by class).
+    """
+    rng = random.Random(seed)
+    if labels is None:
+        order = list(range(n))
+        rng.shuffle(order)
+        return order
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    queues = []
+    for _, members in sorted(by_label.items()):
+        members = members[:]
+        rng.shuffle(members)
+        queues.append(members)
+    order = []
+    for position in range(max((len(q) for q in queues), default=0)):
+        order.extend(q[position] for q in queues if position < len(q))
+    return order
+
+
+def coverage(ds: TextDataset, index: Sequence[int]) -> dict[str, Any]:
+    """How many documents `index` holds and how many of each class (what a row's details state)."""
+    out: dict[str, Any] = {"documents": len(set(index))}
+    if ds.labels is not None and ds.label_names:
+        counts = Counter(ds.label_names[ds.labels[i]] for i in set(index))
+        out["classes"] = {name: counts.get(name, 0) for name in ds.label_names}
+    return out
+
+
+def _head(ds: TextDataset, limit: int | None, seed: int) -> TextDataset:
+    """A seeded, label-stratified sample of `limit` examples (kept in the dataset's order)."""
     if limit is None or limit >= len(ds.texts):
         return ds
-    if ds.labels is None:
-        keep = list(range(limit))
-    else:
-        by_label: dict[int, list[int]] = {}
-        for i, label in enumerate(ds.labels):
-            by_label.setdefault(label, []).append(i)
-        queues = [iter(v) for _, v in sorted(by_label.items())]
-        keep = []
-        while len(keep) < limit:
-            for queue in queues:
-                index = next(queue, None)
-                if index is not None and len(keep) < limit:
-                    keep.append(index)
-        keep.sort()
+    keep = sorted(stratified_order(ds.labels, len(ds.texts), seed)[:limit])
     return TextDataset(
         name=ds.name, texts=tuple(ds.texts[i] for i in keep),
         labels=None if ds.labels is None else tuple(ds.labels[i] for i in keep),
@@ -66,12 +92,19 @@ def _head(ds: TextDataset, limit: int | None) -> TextDataset:
 
 @dataclass
 class Task:
-    """A task bound to a tokenizer: batches for compressors, scoring for the runner."""
+    """A task bound to a tokenizer: batches for compressors, scoring for the runner.
+
+    Every subset it takes (calibration examples, the latency input, the documents of an LM
+    stream) is a seeded, label-stratified sample, never "the first N" of a split; what a
+    subset covered is kept in `coverage_notes` for the rows' details.
+    """
 
     spec: TaskSpec
     train: TextDataset
     test: TextDataset
     tokenizer: Any
+    seed: int = 0
+    coverage_notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -85,19 +118,40 @@ class Task:
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def _stream(self, texts: tuple[str, ...]) -> torch.Tensor:
-        """Texts joined with blank lines and tokenized once: (N,) token ids."""
-        ids = self.tokenizer("\n\n".join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        return ids
+    def _stream(self, ds: TextDataset, max_tokens: int | None = None, shuffle: bool = True
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Documents in a seeded class-interleaved order, joined with blank lines and tokenized once.
+
+        Returns (N,) token ids cut to `max_tokens`, and the coverage (documents, classes) of
+        the documents that begin before the cut.
+        """
+        order = stratified_order(ds.labels, len(ds.texts), self.seed) if shuffle else list(range(len(ds.texts)))
+        texts = [ds.texts[i] for i in order]
+        enc = self.tokenizer("\n\n".join(texts), add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+        if max_tokens is None or max_tokens >= len(ids):
+            return ids, coverage(ds, order)
+        cut_char = enc["offset_mapping"][max_tokens - 1][1]  # end of the last kept token, in characters
+        starts, position = [], 0
+        for text in texts:
+            starts.append(position)
+            position += len(text) + 2
+        kept = [i for i, start in zip(order, starts) if start < cut_char]
+        return ids[:max_tokens], coverage(ds, kept)
 
     @cached_property
     def train_tokens(self) -> torch.Tensor:
-        return self._stream(self.train.texts)
+        tokens, _ = self._stream(self.train)
+        return tokens
 
     @cached_property
     def test_tokens(self) -> torch.Tensor:
-        """Held-out token stream for perplexity, cut to max_tokens."""
-        return self._stream(self.test.texts)[: self.spec.max_tokens]
+        """Held-out token stream for perplexity: documents interleaved by class in a seeded order,
+        cut to max_tokens (a task with its own `test_dataset` keeps that file's order)."""
+        own_file = getattr(self.spec, "test_dataset", None) is not None
+        tokens, covered = self._stream(self.test, self.spec.max_tokens, shuffle=not own_file)
+        self.coverage_notes["evaluation"] = covered
+        return tokens
 
     def _windows(self, tokens: torch.Tensor) -> torch.Tensor:
         """(W, seq_len) non-overlapping windows, remainder dropped."""
@@ -106,15 +160,26 @@ class Task:
 
     # ---- TaskData (what compressors see) ---------------------------------------------
     def calibration_batches(self, num_batches: int) -> Iterator[Batch]:
-        """The first `num_batches` train batches in a fixed order."""
+        """A seeded, label-stratified sample of the train split, `num_batches` batches.
+
+        Classification: CALIBRATION_BATCH_SIZE examples a batch, drawn so every class is
+        represented (`stratified_order`). Causal LM: `num_batches` windows of seq_len drawn at
+        seeded random positions of the class-interleaved train stream. What was covered goes
+        into `coverage_notes["calibration"]`.
+        """
         if self.kind == CAUSAL_LM:
-            windows = self._windows(self.train_tokens)[:num_batches]
-            for window in windows:
+            windows = self._windows(self.train_tokens)
+            generator = torch.Generator().manual_seed(self.seed)
+            picked = torch.randperm(len(windows), generator=generator)[:num_batches]
+            self.coverage_notes["calibration"] = {"windows": len(picked), "of_windows": len(windows)}
+            for window in windows[picked]:
                 yield {"input_ids": window[None, :], "attention_mask": torch.ones_like(window)[None, :]}
             return
-        texts = list(self.train.texts)
-        for start in range(0, min(len(texts), num_batches * CALIBRATION_BATCH_SIZE), CALIBRATION_BATCH_SIZE):
-            yield self._encode(texts[start:start + CALIBRATION_BATCH_SIZE])
+        order = stratified_order(self.train.labels, len(self.train.texts), self.seed)
+        chosen = order[: num_batches * CALIBRATION_BATCH_SIZE]
+        self.coverage_notes["calibration"] = coverage(self.train, chosen)
+        for start in range(0, len(chosen), CALIBRATION_BATCH_SIZE):
+            yield self._encode([self.train.texts[i] for i in chosen[start:start + CALIBRATION_BATCH_SIZE]])
 
     def train_batches(self, batch_size: int, epochs: int, seed: int) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Shuffled (inputs, labels) from the train split; LM labels are the input ids."""
@@ -140,20 +205,28 @@ class Task:
 
     # ---- what the runner uses ----------------------------------------------------------
     def latency_batch(self) -> Batch:
-        """The fixed-shape input every variant is timed on: (latency_batch, max_length or seq_len)."""
+        """The fixed-shape input every variant is timed on: (latency_batch, max_length or seq_len),
+        held-out texts drawn class by class (padding to max_length fixes the shape anyway)."""
         if self.kind == CAUSAL_LM:
             ids = self._windows(self.test_tokens)[:1].repeat(self.spec.latency_batch, 1)
             return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        texts = [self.test.texts[i % len(self.test.texts)] for i in range(self.spec.latency_batch)]
+        order = stratified_order(self.test.labels, len(self.test.texts), self.seed)
+        texts = [self.test.texts[order[i % len(order)]] for i in range(self.spec.latency_batch)]
         return self._encode(texts)
 
     def evaluate(self, model: Model, bootstrap: int = 1000, progress: bool = False) -> list[Measurement]:
-        """Quality on the held-out split: accuracy and macro-F1, or perplexity."""
+        """Quality on the held-out split: accuracy and macro-F1, or perplexity.
+
+        Each returned measurement keeps its per-example (per-window) scores in `scores`
+        so variants can be compared with the baseline on the same examples (paired).
+        """
         if self.kind == CAUSAL_LM:
             from bench.measure.perplexity import perplexity
 
-            return [perplexity(model, self.test_tokens, self.spec.seq_len, stride=self.spec.stride, n_boot=bootstrap,
-                               progress=progress)]
+            measured = perplexity(model, self.test_tokens, self.spec.seq_len, stride=self.spec.stride,
+                                  n_boot=bootstrap, progress=progress)
+            measured.extra["coverage"] = self.coverage_notes.get("evaluation")
+            return [measured]
         from bench.measure.accuracy import classification_metrics
 
         labels = torch.tensor(self.test.labels)
@@ -163,4 +236,8 @@ class Task:
             for start in range(0, len(texts), EVAL_BATCH_SIZE):
                 yield self._encode(texts[start:start + EVAL_BATCH_SIZE]), labels[start:start + EVAL_BATCH_SIZE]
 
-        return classification_metrics(model, batches(), num_classes=len(self.train.label_names), n_boot=bootstrap)
+        measured = classification_metrics(model, batches(), num_classes=len(self.train.label_names),
+                                          n_boot=bootstrap, label_names=self.train.label_names)
+        for m in measured:
+            m.extra.setdefault("coverage", coverage(self.test, range(len(texts))))
+        return measured

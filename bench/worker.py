@@ -9,8 +9,10 @@ The order of work is chosen so each number means one thing:
    some 4-bit formats corrupt when saved after a forward);
 3. time baseline and compressed interleaved on one fixed input (speedup measured in
    the same process, robust to a noisy neighbour);
-4. release the baseline, reset the peak-memory mark, score quality on the held-out
-   split (peak_memory_bytes is the process's high-water mark during that scoring).
+4. causal LMs: decode speed (tokens/s generating with the KV cache), both models alternating;
+5. release the baseline, reset the peak-memory mark, score quality on the held-out
+   split (peak_memory_bytes is the process's high-water mark during that scoring; where
+   the mark cannot be reset the row says so), keeping per-example scores for pairing.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     from bench.tasks import Task, load_splits
     from bench.zoo.models import load_model
     from compressors import build
-    from compressors.base import CompressContext, CompressorUnavailable
+    from compressors.base import CAUSAL_LM, Claim, CompressContext, CompressorUnavailable
 
     spec = TaskSpec(**cell["task"])
     comp = CompressorSpec(**cell["compressor"])
@@ -50,7 +52,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     train, test = load_splits(spec, seed)
     baseline = load_model(spec.model, spec.type, train_data=train, max_length=spec.max_length, seed=seed,
                           progress=False)
-    task = Task(spec, train, test, baseline.tokenizer)
+    task = Task(spec, train, test, baseline.tokenizer, seed=seed)
     compressor = build(comp.name, comp.params)
     with tempfile.TemporaryDirectory(prefix="compbench-cell-") as scratch:
         ctx = CompressContext(data=task, device=device, seed=seed, teacher=baseline,
@@ -62,11 +64,18 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
             return [("skipped", str(exc))]
         if device == "cuda":
             torch.cuda.synchronize()
-        # Notes the method attached (e.g. why it is lossy or slow here) travel with the row.
-        notes = [note for note in compressed.notes if note not in baseline.notes]
+        # Notes the method attached (e.g. why it is lossy or slow here) travel with the row;
+        # claims travel apart, for the report to print only where the measurements show them.
+        added = [note for note in compressed.notes if note not in baseline.notes]
+        extra: dict[str, Any] = {}
+        if [n for n in added if not isinstance(n, Claim)]:
+            extra["notes"] = [str(n) for n in added if not isinstance(n, Claim)]
+        if [n for n in added if isinstance(n, Claim)]:
+            extra["claims"] = [{"text": str(n), "when": n.when} for n in added if isinstance(n, Claim)]
+        if "calibration" in task.coverage_notes:
+            extra["calibration"] = task.coverage_notes["calibration"]
         out: list[Measurement | tuple[str, str]] = [
-            Measurement("compress_seconds", time.perf_counter() - started, "s", False, n=1,
-                        extra={"notes": notes} if notes else {})]
+            Measurement("compress_seconds", time.perf_counter() - started, "s", False, n=1, extra=extra)]
         out += size_measurements(compressed, compressed.save(Path(scratch) / "artifact"))
 
         batch = task.latency_batch()
@@ -78,12 +87,14 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
         shape = {"latency_shape": [spec.latency_batch, spec.latency_length]}
         out += latency_measurements(timings["compressed"], extra=shape)
         out.append(speedup(timings["baseline"], timings["compressed"]))
+        if spec.type == CAUSAL_LM:
+            out += _decode(task, reference, compressed, device)
 
         del reference, baseline, ctx
         gc.collect()
-        reset_peak_memory(device)
+        memory_reset = reset_peak_memory(device)
         out += task.evaluate(compressed, bootstrap=cell["bootstrap"])
-        out.append(memory_measurement(device))
+        out.append(memory_measurement(device, reset=memory_reset))
         provenance = getattr(compressed, "provenance", None)
         if provenance:
             for m in out:
@@ -91,6 +102,21 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
                     m.extra.setdefault("provenance", provenance)
         cell["runtime"] = compressed.runtime
     return out
+
+
+def _decode(task, baseline, compressed, device: str) -> list[Measurement | tuple[str, str]]:
+    """decode_tokens_per_s and decode_speedup, or a skipped metric saying why this runtime cannot."""
+    from bench.measure.decode import decode_measurements, time_decode
+
+    length = min(128, task.spec.seq_len // 4)  # prompt and new tokens (128 each at seq_len 512)
+    prompt = task.test_tokens[:length][None, :]  # (1, T)
+    try:
+        per_token = time_decode({"baseline": partial(baseline.generate, prompt),
+                                 "compressed": partial(compressed.generate, prompt)}, new_tokens=length,
+                                device=device)
+    except NotImplementedError as exc:
+        return [("metric-skipped", "decode_tokens_per_s", str(exc))]
+    return decode_measurements(per_token["compressed"], per_token["baseline"], length, prompt.shape[1])
 
 
 def main(argv: list[str]) -> int:
@@ -106,7 +132,13 @@ def main(argv: list[str]) -> int:
     records = []
     for item in results:
         if isinstance(item, Measurement):
-            records.append({"kind": "measurement", **asdict(item)})
+            record = asdict(item)
+            scores = record.pop("scores")
+            records.append({"kind": "measurement", **record})
+            if scores is not None:  # per-example values, kept beside the rows for paired comparisons
+                records.append({"kind": "scores", "metric": item.metric, "scores": scores})
+        elif item[0] == "metric-skipped":
+            records.append({"kind": "metric-skipped", "metric": item[1], "reason": item[2]})
         else:
             records.append({"kind": item[0], "reason": item[1]})
     payload = {"runtime": cell.get("runtime"), "records": records}

@@ -62,6 +62,28 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
 
 
+class Claim(str):
+    """A note that is true only when this cell's measurements show it.
+
+    Compressors attach these (e.g. "dequantized on every forward: not faster") among a
+    model's notes; the report prints one only when its condition holds in the same cell:
+    `when="slower"` (speed-up interval below 1) or `when="quality_loss"` (the paired
+    quality difference from the baseline is worse and its interval excludes zero).
+    """
+
+    when: str
+
+    def __new__(cls, text: str, when: str) -> Claim:
+        if when not in ("slower", "quality_loss"):
+            raise ValueError(f"Claim when must be 'slower' or 'quality_loss', got {when!r}")
+        claim = super().__new__(cls, text)
+        claim.when = when
+        return claim
+
+    def __reduce__(self):  # copies and pickles keep the condition
+        return (Claim, (str(self), self.when))
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model holds, independent of how it is stored.
@@ -98,7 +120,18 @@ class Model(ABC):
 
     @abstractmethod
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Logits on `self.device`: (B, num_labels) for classification, (B, T, V) for LMs."""
+        """Logits on `self.device`: (B, num_labels) for classification, (B, T, V) for LMs.
+
+        Inference only (no gradients); training drives the torch module directly.
+        """
+
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Greedy generation of exactly `new_tokens` tokens after `input_ids` (1, T), with a KV cache.
+
+        Raises:
+            NotImplementedError: this runtime cannot generate with a cache; the message says why.
+        """
+        raise NotImplementedError(f"runtime {self.runtime!r} has no cached generation in compbench")
 
     @abstractmethod
     def to(self, device: str) -> Model:
@@ -196,6 +229,15 @@ class TorchModel(Model):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.module(**batch)
             return out.logits if hasattr(out, "logits") else out[0]
+
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        if not hasattr(self.module, "generate"):
+            raise NotImplementedError(f"{type(self.module).__name__} has no generate()")
+        with torch.inference_mode():
+            ids = input_ids.to(self.device)
+            return self.module.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                        min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                                        pad_token_id=getattr(self.tokenizer, "pad_token_id", None))
 
     def to(self, device: str) -> TorchModel:
         if device == self.device:

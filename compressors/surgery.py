@@ -25,6 +25,38 @@ def is_output_layer(name: str) -> bool:
     return any(part in OUTPUT_LAYERS for part in parts)
 
 
+def output_layer_ids(module: nn.Module) -> set[int]:
+    """ids of the network's output layers: the one Hugging Face calls the output embeddings
+    (the lm_head, often tied to the input embedding) and modules named in OUTPUT_LAYERS."""
+    ids = {id(sub) for name, sub in module.named_modules() if name and is_output_layer(name)}
+    get_output = getattr(module, "get_output_embeddings", None)
+    head = get_output() if callable(get_output) else None
+    if head is not None:
+        ids.add(id(head))
+    return ids
+
+
+def body_linears(module: nn.Module, include_output: bool = False, method: str = "this method"
+                 ) -> list[tuple[str, nn.Linear]]:
+    """The `nn.Linear` layers a quantizer or pruner should change, output heads left out by default.
+
+    Raises:
+        CompressorUnavailable: no Linear besides the output head: the result would claim a
+            compression it did not do (GPT-2's blocks are `Conv1D`: see `conv1d_to_linear_`).
+    """
+    from compressors.base import CompressorUnavailable
+
+    heads = output_layer_ids(module)
+    everything = linear_layers(module)
+    body = [(n, layer) for n, layer in everything if id(layer) not in heads]
+    if not body:
+        conv = any(type(sub).__name__ == "Conv1D" for sub in module.modules())
+        raise CompressorUnavailable(
+            f"{method} found no nn.Linear besides the output head"
+            + (" (this model's blocks are transformers Conv1D layers, which it does not handle)" if conv else ""))
+    return everything if include_output else body
+
+
 def linear_layers(module: nn.Module, skip: Callable[[str, nn.Linear], bool] | None = None
                   ) -> list[tuple[str, nn.Linear]]:
     """(qualified name, layer) for every `nn.Linear` under `module` that `skip` does not exclude."""

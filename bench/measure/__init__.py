@@ -17,7 +17,9 @@ class Measurement:
         higher_is_better: direction; None when neither (e.g. a parameter count).
         n: how many samples it rests on (examples, tokens, iterations).
         ci_low, ci_high: 95% interval where one exists.
-        extra: protocol details recorded into the row's params (seq_len, tokens, ...).
+        extra: protocol details recorded into the row's details (seq_len, tokens, ...).
+        scores: per-example (per-window) values the number was computed from, kept beside
+            the rows (run_dir/scores/) so variants can be compared pairwise; not a row.
     """
 
     metric: str
@@ -28,3 +30,4 @@ class Measurement:
     ci_low: float | None = None
     ci_high: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] | None = field(default=None, repr=False)

@@ -124,18 +124,35 @@ def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_classes: int
                        ci_high=high)
 
 
+def per_class_recall(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+    """Recall of each class id: share of its examples predicted as it (None for a class with no example)."""
+    return [float((predictions[labels == c] == c).mean()) if (labels == c).any() else None
+            for c in range(num_classes)]
+
+
 def classification_metrics(model: Model, batches: Iterable[tuple[Batch, torch.Tensor]], num_classes: int,
-                           n_boot: int = 1000, seed: int = 0) -> list[Measurement]:
+                           n_boot: int = 1000, seed: int = 0,
+                           label_names: Sequence[str] | None = None) -> list[Measurement]:
     """[accuracy, macro_f1] of `model` on labelled batches.
 
     Each batch goes through `model.forward`; the prediction is the argmax of the logits
-    (B, num_classes). See `accuracy` and `macro_f1` for the definitions.
+    (B, num_classes). See `accuracy` and `macro_f1` for the definitions. The accuracy row's
+    extra holds the recall of every class (a mean can hide a class that collapses); its
+    `scores` keep each example's label, prediction and predicted distribution (softmax of
+    the logits, float32) for paired comparisons.
     """
-    predictions, labels = [], []
+    predictions, labels, probabilities = [], [], []
     for batch, batch_labels in batches:
-        predictions.append(model.forward(batch).argmax(dim=-1).cpu())
+        logits = model.forward(batch).float().cpu()  # (B, num_classes)
+        predictions.append(logits.argmax(dim=-1))
+        probabilities.append(logits.softmax(dim=-1))
         labels.append(batch_labels.cpu())
     if not labels:
         raise ValueError("batches must yield at least one (batch, labels) pair, got none")
     pred, gold = torch.cat(predictions).numpy(), torch.cat(labels).numpy()
-    return [accuracy(pred, gold, n_boot, seed), macro_f1(pred, gold, num_classes, n_boot, seed)]
+    acc = accuracy(pred, gold, n_boot, seed)
+    names = list(label_names) if label_names else [str(c) for c in range(num_classes)]
+    acc.extra["recall"] = dict(zip(names, per_class_recall(pred, gold, num_classes)))
+    acc.scores = {"label": gold.tolist(), "prediction": pred.tolist(),
+                  "probabilities": torch.cat(probabilities).numpy().round(6).tolist()}
+    return [acc, macro_f1(pred, gold, num_classes, n_boot, seed)]

@@ -28,11 +28,14 @@ class LatencyStats:
         times_s: seconds per call, one entry per timed iteration (warm-up excluded).
         batch_size: items each call processes (for throughput).
         device: "cpu" or "cuda" (which clock measured them).
+        rounds: for interleaved timing, the round each iteration belongs to (same length as
+            times_s); the speed-up's interval resamples whole rounds.
     """
 
     times_s: list[float]
     batch_size: int
     device: str
+    rounds: list[int] | None = None
 
     def __post_init__(self):
         if len(self.times_s) == 0:
@@ -112,16 +115,18 @@ def time_callable(fn: Callable[[], Any], device: str = "cpu", warmup: int = 3, m
     return LatencyStats(times, batch_size, device)
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", warmup: int = 3, rounds: int = 5,
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", warmup: int = 3, rounds: int = 10,
                      min_iters: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
                      max_iters: int = 10_000) -> dict[str, LatencyStats]:
     """Per-call times of several callables, timed in alternating blocks (A B A B ...).
 
     A noisy neighbour on a shared machine then slows all of them alike, so ratios between
     them (`speedup`) stay meaningful. Each callable is warmed up `warmup` times, then
-    `rounds` rounds run; in each round every callable, in the dict's order, makes a block
-    of at least ceil(min_iters / rounds) calls and min_seconds / rounds of summed call
-    time. Over all rounds each name therefore reaches both `min_iters` calls and
+    `rounds` rounds run; in each round every callable makes a block of at least
+    ceil(min_iters / rounds) calls and min_seconds / rounds of summed call time. The order
+    within a round rotates (A B, then B A, ...), so neither callable always runs right
+    after the other's cache-warming or thermal state: the baseline timed against itself
+    centres on 1.00x. Over all rounds each name therefore reaches both `min_iters` calls and
     `min_seconds`, unless a block hits max_iters / rounds calls (a guard for callables
     far faster than the timer's resolution). Timing per call as in `time_callable`.
     """
@@ -140,15 +145,19 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", war
     block_seconds = min_seconds / rounds
     block_max = max(block_iters, max_iters // rounds)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    round_of: dict[str, list[int]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             block: list[float] = []
             elapsed = 0.0
             while (len(block) < block_iters or elapsed < block_seconds) and len(block) < block_max:
-                block.append(_timed_call(fn, device))
+                block.append(_timed_call(fns[name], device))
                 elapsed += block[-1]
             times[name].extend(block)
-    return {name: LatencyStats(t, batch_size, device) for name, t in times.items()}
+            round_of[name].extend([r] * len(block))
+    return {name: LatencyStats(t, batch_size, device, round_of[name]) for name, t in times.items()}
 
 
 def latency_measurements(stats: LatencyStats, extra: dict | None = None) -> list[Measurement]:
@@ -169,14 +178,28 @@ def speedup(baseline: LatencyStats, candidate: LatencyStats, n_boot: int = 1000,
 
     Both must be timed in the same process and interleaved (`time_interleaved`), so the
     ratio is not skewed by load that came and went between them. Unit x, higher is
-    better; above 1 the candidate is faster, below 1 slower. n = the smaller iteration
-    count. 95% interval: percentile bootstrap resampling each side's per-iteration times
-    independently and taking the ratio of the resampled medians.
+    better; above 1 the candidate is faster, below 1 slower. n = timing rounds (or the
+    smaller iteration count without rounds). 95% interval: percentile bootstrap over
+    timing ROUNDS (iterations of one round share the machine's state and are not
+    independent): each resample draws rounds with replacement, pools both sides'
+    iterations of those rounds and takes the ratio of their medians.
     """
-    rng = np.random.default_rng(seed)
     base, cand = np.asarray(baseline.times_s), np.asarray(candidate.times_s)
-    base_medians = np.median(base[rng.integers(0, len(base), (n_boot, len(base)))], axis=1)  # (n_boot,)
-    cand_medians = np.median(cand[rng.integers(0, len(cand), (n_boot, len(cand)))], axis=1)
-    low, high = np.percentile(base_medians / cand_medians, [2.5, 97.5])
-    return Measurement("speedup", float(np.median(base) / np.median(cand)), RATIO, True,
-                       n=min(len(base), len(cand)), ci_low=float(low), ci_high=float(high))
+    estimate = float(np.median(base) / np.median(cand))
+    rng = np.random.default_rng(seed)
+    if baseline.rounds is None or candidate.rounds is None:
+        base_medians = np.median(base[rng.integers(0, len(base), (n_boot, len(base)))], axis=1)  # (n_boot,)
+        cand_medians = np.median(cand[rng.integers(0, len(cand), (n_boot, len(cand)))], axis=1)
+        low, high = np.percentile(base_medians / cand_medians, [2.5, 97.5])
+        return Measurement("speedup", estimate, RATIO, True, n=min(len(base), len(cand)), ci_low=float(low),
+                           ci_high=float(high), extra={"interval": "bootstrap over iterations"})
+    base_rounds, cand_rounds = np.asarray(baseline.rounds), np.asarray(candidate.rounds)
+    ids = np.unique(base_rounds)
+    ratios = np.empty(n_boot)
+    for b in range(n_boot):
+        drawn = rng.choice(ids, size=len(ids), replace=True)
+        counts = np.bincount(drawn, minlength=int(ids.max()) + 1)
+        ratios[b] = np.median(np.repeat(base, counts[base_rounds])) / np.median(np.repeat(cand, counts[cand_rounds]))
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return Measurement("speedup", estimate, RATIO, True, n=len(ids), ci_low=float(low), ci_high=float(high),
+                       extra={"interval": "bootstrap over timing rounds", "iterations": int(min(len(base), len(cand)))})

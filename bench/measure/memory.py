@@ -26,24 +26,28 @@ def release_freed_memory() -> None:
         pass
 
 
-def reset_peak_memory(device: str = "cpu") -> None:
+def reset_peak_memory(device: str = "cpu") -> bool:
     """Start a new high-water mark from the current usage.
 
     CPU (Linux >= 4.0): writes "5" to /proc/self/clear_refs, which resets VmHWM to the
     current resident set. Where that file is missing or not writable (other systems,
     some sandboxes) nothing happens, and the mark keeps covering the whole process life.
     CUDA: `torch.cuda.reset_peak_memory_stats()`.
+
+    Returns:
+        True when the mark was reset, False when it still covers the whole process.
     """
     release_freed_memory()
     if _is_cuda(device):
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-        return
+        return True
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
-        pass  # not permitted here; see the docstring
+        return False  # not permitted here; see the docstring
+    return "VmHWM:" in _STATUS.read_text()
 
 
 def peak_memory_bytes(device: str = "cpu") -> int:
@@ -67,13 +71,20 @@ def peak_memory_bytes(device: str = "cpu") -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def memory_measurement(device: str) -> Measurement:
+def memory_measurement(device: str, reset: bool = True) -> Measurement:
     """peak_memory_bytes: `peak_memory_bytes(device)` now; unit bytes, lower is better.
 
     CPU: the process's resident-set high-water mark since the last reset (it includes the
     interpreter and loaded libraries). CUDA: the allocator's peak of allocated tensors.
-    extra["scope"] says which.
+    extra["scope"] says which; with `reset` False (the mark could not be reset) it says that
+    the number covers the whole process: baseline, compression and scoring together.
     """
-    scope = "cuda allocator peak" if _is_cuda(device) else "process RSS high-water"
+    if _is_cuda(device):
+        scope = "cuda allocator peak"
+    elif reset:
+        scope = "process RSS high-water while scoring"
+    else:
+        scope = ("process RSS high-water of the whole cell (the mark could not be reset here): includes the "
+                 "baseline and compression, not only the compressed model")
     return Measurement("peak_memory_bytes", float(peak_memory_bytes(device)), BYTES, False, n=1,
                        extra={"scope": scope})

@@ -93,7 +93,8 @@ def perplexity(model: Model, token_ids: torch.Tensor, seq_len: int, stride: int 
     low, high = bootstrap_ci(per_window, _token_weighted_mean, n_boot, seed)
     extra = {"seq_len": seq_len, "stride": stride, "tokens": tokens, "windows": num_windows}
     return Measurement("perplexity", math.exp(mean_nll), PPL, False, n=tokens, ci_low=math.exp(low),
-                       ci_high=math.exp(high), extra=extra)
+                       ci_high=math.exp(high), extra=extra,
+                       scores={"window_nll_sum": nll_sums.tolist(), "window_tokens": counts.tolist()})
 
 
 def _token_weighted_mean(resamples: np.ndarray) -> np.ndarray:

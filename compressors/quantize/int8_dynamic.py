@@ -17,6 +17,7 @@ import torch
 
 from compressors.base import (
     CAUSAL_LM,
+    Claim,
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -26,6 +27,7 @@ from compressors.base import (
     check_choice,
 )
 from compressors.registry import register
+from compressors.surgery import body_linears
 
 OUTLIER_NOTE = ("activations are quantized to int8 too: a few hidden dimensions of transformer LMs carry "
                 "outliers far above the rest, so one scale per tensor/token crushes the others (LLM.int8(), "
@@ -44,11 +46,14 @@ BACKENDS = {
 class Int8DynamicConfig(CompressorConfig):
     """backend: "torch" | "onnxruntime" | "torchao".
     per_channel: one weight scale per output channel instead of one per tensor.
-    compile: torchao only; run under torch.compile (compile time counts in compress_seconds)."""
+    compile: torchao only; run under torch.compile (compile time counts in compress_seconds).
+    include_output: also quantize the output head (lm_head / classifier). Off by default: a tied
+    LM head quantized apart from its embedding becomes a second (int8) copy of that weight."""
 
     backend: str = "torch"
     per_channel: bool = True
     compile: bool = False
+    include_output: bool = False
 
     def __post_init__(self):
         check_choice("backend", self.backend, tuple(BACKENDS))
@@ -67,8 +72,8 @@ class Int8Dynamic(Compressor):
         except ImportError as exc:
             raise CompressorUnavailable(f"int8-dynamic backend {self.config.backend!r} needs {exc.name}") from exc
         quantized = backend(model, ctx, self.config)
-        if model.kind == CAUSAL_LM:
-            quantized.notes = (*quantized.notes, OUTLIER_NOTE)
+        if model.kind == CAUSAL_LM:  # printed only where the measured perplexity shows the loss
+            quantized.notes = (*quantized.notes, Claim(OUTLIER_NOTE, when="quality_loss"))
         return quantized
 
 
@@ -87,5 +92,8 @@ def torch_dynamic(model: Model, ctx: CompressContext, config: Int8DynamicConfig)
         # no fast eager CPU kernel yet; the eager API still works in torch 2.13.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        quantized = quantize_dynamic(module, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-    return model.replace(module=quantized, device="cpu")
+        targets = body_linears(module, config.include_output, "int8-dynamic (torch)")
+        quantized = quantize_dynamic(module, {name: qconfig for name, _ in targets}, dtype=torch.qint8)
+    result = model.replace(module=quantized, device="cpu")
+    result.provenance = {"quantized_linears": len(targets)}
+    return result

@@ -119,5 +119,5 @@ class Int8Static(Compressor):
         provenance = {"calibration_batches": len(feeds),
                       "calibration_examples": sum(len(f["input_ids"]) for f in feeds),
                       "calibration_sha256": feeds_sha256(feeds)}
-        notes = (*model.notes, OUTLIER_NOTE) if model.kind == CAUSAL_LM else model.notes
+        notes = (*model.notes, Claim(OUTLIER_NOTE, when="quality_loss")) if model.kind == CAUSAL_LM else model.notes
         return source.with_file(target, device="cpu", provenance=provenance, notes=notes)

@@ -15,6 +15,7 @@ from torch import nn
 
 from compressors.base import CompressContext, CompressorUnavailable, Model, TorchModel
 from compressors.onnx_export import example_batch
+from compressors.surgery import body_linears
 
 
 def torchao_dynamic(model: Model, ctx: CompressContext, config) -> TorchModel:
@@ -36,9 +37,11 @@ def torchao_dynamic(model: Model, ctx: CompressContext, config) -> TorchModel:
         raise CompressorUnavailable(f"backend 'torchao' needs a torch model, got runtime {model.runtime!r}")
     module = model.clone_module().to(ctx.device)
     granularity = PerRow() if config.per_channel else PerTensor()
+    targets = {id(layer) for _, layer in body_linears(module, config.include_output, "int8-dynamic (torchao)")}
     quantize_(module, Int8DynamicActivationInt8WeightConfig(granularity=granularity),
-              filter_fn=lambda m, _: type(m) is nn.Linear)
+              filter_fn=lambda m, _: type(m) is nn.Linear and id(m) in targets)
     quantized = model.replace(module=module, device=ctx.device)
+    quantized.provenance = {"quantized_linears": len(targets)}
     if config.compile:
         quantized = quantized.replace(module=torch.compile(module))
         quantized.forward(example_batch(ctx))  # compile now, inside compress_seconds
