@@ -63,8 +63,17 @@ def remember_attributes_(root: nn.Module, name: str, **attributes: Any) -> None:
 
 def describe(module: nn.Module, kind: str) -> dict[str, Any]:
     """The `compbench_artifact.json` content for a torch module."""
-    layers = [{"name": name, "type": sub.artifact_key, "meta": sub.artifact_meta()}
-              for name, sub in module.named_modules() if getattr(sub, "artifact_key", None)]
+    layers, first_name = [], {}
+    # A layer reachable under two names (a packed embedding that is also the tied LM head)
+    # is recorded once and referenced by the second name, so a reload keeps it one layer.
+    for name, sub in module.named_modules(remove_duplicate=False):
+        if not getattr(sub, "artifact_key", None):
+            continue
+        if id(sub) in first_name:
+            layers.append({"name": name, "same_as": first_name[id(sub)]})
+            continue
+        first_name[id(sub)] = name
+        layers.append({"name": name, "type": sub.artifact_key, "meta": sub.artifact_meta()})
     config = getattr(module, "config", None)
     architectures = getattr(config, "architectures", None) or [type(module).__name__]
     return {"format": 1, "runtime": "torch", "kind": kind, "architecture": architectures[0],
@@ -134,6 +143,9 @@ def _skeleton(directory: Path, info: dict[str, Any]) -> nn.Module:
     if info.get("attributes", {}).get("", {}).get(CONV1D_AS_LINEAR):
         conv1d_to_linear_(module)
     for entry in info.get("layers", []):
+        if "same_as" in entry:  # the same layer under a second name (tied)
+            set_submodule_(module, entry["name"], module.get_submodule(entry["same_as"]))
+            continue
         layer_cls = _LAYERS.get(entry["type"])
         if layer_cls is None:
             raise ArtifactError(f"{directory}: layer type {entry['type']!r} is not known to this compbench "

@@ -145,8 +145,14 @@ def test_torchao_backend_on_cpu():
 def test_config_validation():
     assert WeightOnlyConfig(group_size=0).group_size is None  # TOML's spelling of per channel
     assert WeightOnlyConfig(bits=8, group_size=0) == WeightOnlyConfig(bits=8, group_size=None)
-    with pytest.raises(ValueError, match="bits must be one of 4, 8"):
-        WeightOnlyConfig(bits=3)
+    with pytest.raises(ValueError, match="bits must be one of 3, 4, 8"):
+        WeightOnlyConfig(bits=2)
+    with pytest.raises(ValueError, match="zero_point 'float' needs symmetric=false"):
+        WeightOnlyConfig(zero_point="float")
+    with pytest.raises(ValueError, match="zero_point must be one of"):
+        WeightOnlyConfig(symmetric=False, zero_point="half")
+    with pytest.raises(ValueError, match="bits 3 needs backend 'packed'"):
+        WeightOnlyConfig(bits=3, backend="torchao")
     with pytest.raises(ValueError, match="group_size must be one of"):
         WeightOnlyConfig(group_size=100)
     with pytest.raises(ValueError, match="group_size must be 32, 64, 128 or 256"):

@@ -1,0 +1,425 @@
+"""gptq: error-compensating weight-only quantization (Frantar et al. 2022, "GPTQ").
+
+Round-to-nearest rounds every weight on its own. GPTQ rounds the columns of a weight
+one at a time and spreads each column's rounding error over the columns not yet
+rounded, weighted by the layer's input statistics H = X^T X, so that the layer's
+OUTPUT error ||X W^T - X Q^T|| stays small rather than the weight error. The result is
+stored in exactly the packed format of `weight-only` (PackedLinear: same codes, same
+fp16 scales and offsets, same forward); the two methods differ only in which integers
+are stored, so a table compares them at equal bits per weight.
+
+Two parts:
+- `gptq_quantize(weight, hessian, ...)`: the pure math on one weight and its H.
+- the compressor: walks the network block by block (the paper's order): the inputs of
+  block i are the outputs of the already-quantized blocks 0..i-1 on the calibration
+  batches, so later layers correct for earlier layers' errors. A network without a
+  list of blocks falls back to every layer's H from the float model at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compressors.base import (
+    CompressContext,
+    Compressor,
+    CompressorConfig,
+    CompressorUnavailable,
+    Model,
+    TorchModel,
+    check_choice,
+)
+from compressors.calibration import collect_linear_inputs
+from compressors.quantize.packing import (
+    BITS,
+    ZERO_POINTS,
+    Grid,
+    QuantizedTensor,
+    check_layout,
+    decode,
+    encode,
+    fit_grid,
+    pack_grid,
+)
+from compressors.quantize.weight_only import (
+    GROUP_SIZES,
+    SLOW_NOTE,
+    PackedLinear,
+    embedding_notes,
+    output_layer_ids,
+    pack_embeddings_,
+)
+from compressors.registry import register
+from compressors.surgery import set_submodule_
+
+# Each retry multiplies the damping by 10 before a degenerate H is reported as an error.
+DAMPING_RETRIES = 3
+
+
+class GPTQError(RuntimeError):
+    """A numerical failure (H not positive definite even with raised damping); an error row."""
+
+
+@dataclass
+class GPTQResult:
+    """What `gptq_quantize` returns: the packed weight and the damping it finally needed."""
+
+    quantized: QuantizedTensor
+    damping: float
+
+
+def _inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor U of (H + damping * mean(diag H) * I)^-1 (so H^-1 = U^T U), and the
+    damping used. Raises GPTQError after DAMPING_RETRIES tenfold increases."""
+    mean_diag = hessian.diagonal().mean().item()
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    for attempt in range(DAMPING_RETRIES + 1):
+        damp = damping * 10**attempt
+        lower, info = torch.linalg.cholesky_ex(hessian + damp * mean_diag * eye)
+        if info.item() == 0:
+            inverse = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if info.item() == 0 and torch.isfinite(upper).all():
+                return upper, damp
+    raise GPTQError(f"X^T X is not positive definite even with damping {damp:g} (x mean diagonal); "
+                    "calibrate on more or different data, or raise damping")
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = None,
+                  symmetric: bool = True, zero_point: str = "int", act_order: bool = False,
+                  damping: float = 0.01, block_size: int = 128) -> GPTQResult:
+    """GPTQ of one weight (out, in) given its inputs' H = X^T X (in, in).
+
+    Columns are rounded in order (or by decreasing H diagonal with `act_order`); after
+    each, its error e = (w - q) / [H^-1]_jj is subtracted from the remaining columns
+    along row j of the Cholesky factor of H^-1 (the optimal update of the OBS
+    framework). Updates are applied lazily: within a block of `block_size` columns
+    immediately, to the columns after the block once per block. A group's grid (fp16
+    scale and offset, `packing.fit_grid`) is fitted when its first column is reached,
+    from the group's current, error-updated values; groups are always contiguous input
+    columns, so the result is stored exactly like round-to-nearest's (with `act_order`
+    the group of a column is looked up, no index is stored).
+
+    Args:
+        weight: float weight (out, in).
+        hessian: X^T X over the calibration tokens (float64 preferred), (in, in).
+        bits, group_size, symmetric, zero_point: the stored grid (see `quantize_tensor`).
+        act_order: round columns with the largest input energy first.
+        damping: added to H's diagonal as a fraction of its mean (> 0).
+        block_size: columns per lazy update.
+
+    Returns:
+        GPTQResult(packed weight, damping finally used).
+
+    Raises:
+        GPTQError: H + damping is not positive definite after DAMPING_RETRIES tenfold raises.
+    """
+    check_layout(bits, group_size, symmetric, zero_point)
+    if damping <= 0:
+        raise ValueError(f"damping must be > 0, got {damping!r}")
+    out, cols = weight.shape
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"hessian must be ({cols}, {cols}) for a weight of shape {tuple(weight.shape)}, "
+                         f"got {tuple(hessian.shape)}")
+    w = weight.detach().float().clone()
+    h = hessian.detach().double().clone()
+    dead = h.diagonal() == 0  # input channels never active: their weights cannot matter
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols, device=w.device)
+    w, h = w[:, perm], h[perm][:, perm]
+    hinv, used_damping = _inverse_hessian_factor(h, damping)
+    hinv = hinv.float()
+
+    group = group_size or cols
+    n_groups = -(-cols // group)
+    scales = torch.ones(out, n_groups, dtype=torch.float16, device=w.device)
+    zeros = None if zero_point == "float" and not symmetric else torch.zeros(out, n_groups, device=w.device)
+    mins = torch.zeros(out, n_groups, dtype=torch.float16, device=w.device) if zeros is None else None
+    fitted = [False] * n_groups
+    position = torch.empty_like(perm)
+    position[perm] = torch.arange(cols, device=w.device)  # where each original column sits in w
+    group_of = (perm // group).tolist()                     # group of the column at each position
+    codes = torch.zeros(out, cols, device=w.device)         # in processing order
+
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        w_block = w[:, start:end].clone()
+        errors = torch.zeros_like(w_block)
+        hinv_block = hinv[start:end, start:end]
+        for i in range(end - start):
+            g = group_of[start + i]
+            if not fitted[g]:
+                members = position[g * group:min((g + 1) * group, cols)]
+                grid = fit_grid(_current(w, w_block, errors, hinv, start, end, i, members), bits, symmetric,
+                                zero_point)
+                scales[:, g] = grid.scale
+                if zeros is not None:
+                    zeros[:, g] = grid.zero
+                else:
+                    mins[:, g] = grid.mins
+                fitted[g] = True
+            column_grid = Grid(scales[:, g], None if zeros is None else zeros[:, g],
+                               None if mins is None else mins[:, g], bits)
+            column = w_block[:, i]
+            q = encode(column, column_grid)
+            codes[:, start + i] = q
+            error = (column - decode(q, column_grid)) / hinv_block[i, i]        # (out,)
+            w_block[:, i:] -= error[:, None] * hinv_block[i, i:][None, :]     # (out, block - i)
+            errors[:, i] = error
+        w[:, end:] -= errors @ hinv[start:end, end:]                          # lazy batch update
+
+    codes = codes[:, position]  # back to the original column order
+    grid = Grid(scales, zeros, mins, bits)
+    return GPTQResult(pack_grid(codes, grid, (out, cols), group_size, symmetric), used_damping)
+
+
+def _current(w: torch.Tensor, w_block: torch.Tensor, errors: torch.Tensor, hinv: torch.Tensor,
+             start: int, end: int, i: int, members: torch.Tensor) -> torch.Tensor:
+    """The up-to-date values (out, len(members)) of the columns at positions `members`:
+    inside the block they are in `w_block`; after it, `w` still lacks this block's first
+    i errors (applied lazily), so those are subtracted here."""
+    inside = (members >= start) & (members < end)
+    values = torch.empty(w.shape[0], members.numel(), device=w.device)
+    if inside.any():
+        values[:, inside] = w_block[:, members[inside] - start]
+    after = ~inside
+    if after.any():
+        pending = errors[:, :i] @ hinv[start:start + i][:, members[after]] if i else 0
+        values[:, after] = w[:, members[after]] - pending
+    return values
+
+
+@dataclass(frozen=True)
+class GPTQConfig(CompressorConfig):
+    """bits: 8, 4 or 3. group_size: input columns per fp16 scale (None or 0 = per output
+    channel). symmetric / zero_point: the grid, as `weight-only`. act_order: round columns by
+    decreasing input energy. damping: fraction of H's mean diagonal added to it (> 0).
+    block_size: columns per lazy update. calibration_batches: train batches for H.
+    sequential: quantize block by block on the quantized blocks' outputs (the paper's way);
+    false = every layer's H from the float model. skip_lm_head, quantize_embeddings: as
+    `weight-only` (an embedding is rounded to nearest: it has no input statistics)."""
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = True
+    zero_point: str = "int"
+    act_order: bool = False
+    damping: float = 0.01
+    block_size: int = 128
+    calibration_batches: int = 32
+    sequential: bool = True
+    skip_lm_head: bool = True
+    quantize_embeddings: bool = False
+
+    def __post_init__(self):
+        check_choice("bits", self.bits, BITS)
+        check_choice("group_size", self.group_size, GROUP_SIZES)
+        check_choice("zero_point", self.zero_point, ZERO_POINTS)
+        for flag in ("symmetric", "act_order", "sequential", "skip_lm_head", "quantize_embeddings"):
+            check_choice(flag, getattr(self, flag), (False, True))
+        if self.group_size == 0:
+            object.__setattr__(self, "group_size", None)
+        check_layout(self.bits, self.group_size, self.symmetric, self.zero_point)
+        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or not 0 < self.damping <= 1:
+            raise ValueError(f"damping must be a number in (0, 1], got {self.damping!r}")
+        for name in ("block_size", "calibration_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@register("gptq", config=GPTQConfig)
+class GPTQ(Compressor):
+    """GPTQ weight-only quantization, stored and run like `weight-only`'s packed format."""
+
+    def compress(self, model: Model, ctx: CompressContext) -> Model:
+        if not isinstance(model, TorchModel):
+            raise CompressorUnavailable(f"gptq needs a torch model, got runtime {model.runtime!r}")
+        if ctx.data is None:
+            raise CompressorUnavailable("gptq needs calibration data (ctx.data is None)")
+        cfg = self.config
+        module = model.clone_module().to(ctx.device).float().eval()
+        embeddings = {"quantized_embeddings": False, "tied_head": False}
+        if cfg.quantize_embeddings:
+            embeddings = pack_embeddings_(module, cfg.bits, cfg.group_size, cfg.symmetric, cfg.zero_point)
+        skip_ids = output_layer_ids(module) if cfg.skip_lm_head else set()
+        batches = list(ctx.data.calibration_batches(cfg.calibration_batches))
+        if not batches:
+            raise CompressorUnavailable("gptq got no calibration batches from the task's train split")
+        walker = _Walker(cfg, skip_ids, ctx.device)
+        blocks = _block_list(module) if cfg.sequential else None
+        sequential = blocks is not None and walker.sequential_(module, blocks, batches)
+        leftover = {id(layer) for layer in module.modules() if type(layer) is nn.Linear and id(layer) not in skip_ids}
+        if leftover:  # no blocks, or Linears outside them (a pooler): H from one pass of the model as it now is
+            walker.quantize_(module, collect_linear_inputs(
+                module, batches, ctx.device, xtx=True, skip=lambda _name, layer: id(layer) not in leftover))
+        if not walker.count:
+            raise CompressorUnavailable("gptq found no nn.Linear layer to quantize in this model")
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                     for b in batches)
+        notes = (*model.notes, SLOW_NOTE, f"GPTQ calibrated on {len(batches)} train batches ({tokens} tokens)",
+                 *embedding_notes(cfg, embeddings))
+        if walker.raised:
+            notes += (f"GPTQ raised the damping of {len(walker.raised)} layers to keep X^T X invertible",)
+        quantized = model.replace(module=module, device=ctx.device, notes=notes)
+        quantized.provenance = {"quantized_linears": walker.count, "calibration_batches": len(batches),
+                                "calibration_tokens": tokens, "sequential": sequential,
+                                "damping_raised": walker.raised, **embeddings}
+        return quantized
+
+
+class _Walker:
+    """Applies `gptq_quantize` to the Linears of a module and swaps in PackedLinears."""
+
+    def __init__(self, cfg: GPTQConfig, skip_ids: set[int], device: str):
+        self.cfg, self.skip_ids, self.device = cfg, skip_ids, device
+        self.count = 0
+        self.raised: dict[str, float] = {}
+
+    def skip(self, _name: str, layer: nn.Linear) -> bool:
+        return id(layer) in self.skip_ids
+
+    def quantize_(self, root: nn.Module, stats: dict, prefix: str = "") -> None:
+        """Replace each Linear named in `stats` (names relative to `root`) by its GPTQ PackedLinear;
+        `prefix` + name is the layer's name in the whole network (for messages)."""
+        cfg = self.cfg
+        for name, stat in stats.items():
+            full = prefix + name.removeprefix("block.") if prefix else name
+            layer = root.get_submodule(name)
+            try:
+                result = gptq_quantize(layer.weight, stat.xtx / max(1, stat.tokens), cfg.bits, cfg.group_size,
+                                       cfg.symmetric, cfg.zero_point, cfg.act_order, cfg.damping, cfg.block_size)
+            except GPTQError as exc:
+                raise GPTQError(f"gptq: layer {full}: {exc}") from exc
+            if result.damping != cfg.damping:
+                self.raised[full] = result.damping
+            set_submodule_(root, name, PackedLinear(result.quantized, layer.bias))
+            self.count += 1
+
+    def sequential_(self, module: nn.Module, blocks: tuple[str, nn.ModuleList], batches: list[dict]) -> bool:
+        """Block by block: H of block i's Linears from the outputs of quantized blocks 0..i-1.
+        Returns False (nothing changed) when the blocks do not feed each other directly."""
+        list_name, layers = blocks
+        records = _block_inputs(module, layers, batches, self.device)
+        if records is None:
+            return False
+        masks = [{"attention_mask": b["attention_mask"]} if "attention_mask" in b else {} for b in batches]
+        for index, block in enumerate(layers):
+            replay = _Replay(block, records).train(block.training)  # the collector restores this mode
+            replay_batches = [{"index": torch.tensor(i), **mask} for i, mask in enumerate(masks)]
+            stats = collect_linear_inputs(replay, replay_batches, self.device, xtx=True, skip=self.skip)
+            self.quantize_(replay, stats, prefix=f"{list_name}.{index}.")
+            with torch.inference_mode():
+                records = [_with_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in records]
+        return True
+
+
+class _Replay(nn.Module):
+    """Runs one block on recorded inputs, so the shared collector can hook its Linears:
+    `forward(index)` replays record `index` (the attention mask only tells the collector
+    which tokens are padding)."""
+
+    def __init__(self, block: nn.Module, records: list[tuple[tuple, dict]]):
+        super().__init__()
+        self.block, self.records = block, records
+
+    def forward(self, index: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        args, kwargs = self.records[int(index)]
+        return self.block(*args, **kwargs)
+
+
+class _Captured(Exception):
+    """Stops the forward once the first block's inputs are recorded."""
+
+
+def _block_list(module: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The network's repeated blocks: the ModuleList holding the most Linears, each entry
+    holding some (Llama `model.layers`, GPT-2 `transformer.h`, BERT `encoder.layer`)."""
+    best, most = None, 0
+    for name, sub in module.named_modules():
+        if not isinstance(sub, nn.ModuleList):
+            continue
+        if len(sub) < 2 or any(type(child) is nn.Linear for child in sub):
+            continue  # bare Linears in a list are usually not chained output -> input
+        per_block = [sum(type(m) is nn.Linear for m in child.modules()) for child in sub]
+        if min(per_block) > 0 and sum(per_block) > most:
+            best, most = (name, sub), sum(per_block)
+    return best
+
+
+def _no_cache(value):
+    """A key/value cache object would grow on every replay: record None instead."""
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return value
+    return None if isinstance(value, Cache) else value
+
+
+def _block_inputs(module: nn.Module, layers: nn.ModuleList, batches: list[dict], device: str
+                  ) -> list[tuple[tuple, dict]] | None:
+    """(args, kwargs) the first block receives for each calibration batch, or None when the
+    blocks are not chained (block 0's output on the first batch is not block 1's input)."""
+    records: list[tuple[tuple, dict]] = []
+    second: list[tuple[tuple, dict]] = []
+
+    def recorder(into: list, stop: bool):
+        def record(_module, args, kwargs):
+            kwargs = {key: _no_cache(value) for key, value in kwargs.items()}
+            if "use_cache" in kwargs:
+                kwargs["use_cache"] = False
+            into.append((tuple(_no_cache(a) for a in args), kwargs))
+            if stop:
+                raise _Captured
+        return record
+
+    handles = [layers[0].register_forward_pre_hook(recorder(records, False), with_kwargs=True),
+               layers[1].register_forward_pre_hook(recorder(second, True), with_kwargs=True)]
+    accepts_use_cache = "use_cache" in _parameters(module.forward)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                inputs = {k: v.to(device) for k, v in batch.items()}
+                if accepts_use_cache:
+                    inputs["use_cache"] = False
+                try:
+                    module(**inputs)
+                except _Captured:
+                    pass
+            if len(records) != len(batches) or len(second) != len(batches):
+                return None
+            args, kwargs = records[0]
+            chained = _hidden(layers[0](*args, **kwargs))
+            expected = second[0][0][0] if second[0][0] else second[0][1].get("hidden_states")
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(expected, torch.Tensor) or chained.shape != expected.shape:
+        return None
+    return records if torch.allclose(chained, expected, rtol=1e-4, atol=1e-5) else None
+
+
+def _parameters(function: Callable) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _hidden(output):
+    """A block's hidden states: the output itself or the first item of a tuple."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """The next block's inputs: the same arguments with the new hidden states."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
