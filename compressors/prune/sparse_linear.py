@@ -177,10 +177,13 @@ class SparseLinear(nn.Module):
             try:
                 from torch.sparse import SparseSemiStructuredTensorCUTLASS, to_sparse_semi_structured
 
-                self._weight_cache = SparseSemiStructuredTensorCUTLASS.from_dense(dense) \
+                # cuSPARSELt (the default backend) has no fp32 kernel; CUTLASS has.
+                sparse = SparseSemiStructuredTensorCUTLASS.from_dense(dense) \
                     if dtype == torch.float32 else to_sparse_semi_structured(dense)
-                self.accelerated = True
-            except (RuntimeError, ValueError, NotImplementedError, ImportError):
+                bias = None if self.bias is None else self.bias.to(device=device, dtype=dtype)
+                F.linear(torch.zeros(2, 3, self.in_features, device=device, dtype=dtype), sparse, bias)  # trial
+                self._weight_cache, self.accelerated = sparse, True
+            except Exception:  # noqa: BLE001 - shape, dtype, GPU generation or build: PyTorch raises many types
                 self._weight_cache = dense
         return self.accelerated
 
