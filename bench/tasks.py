@@ -136,7 +136,7 @@ class Task:
         for text in texts:
             starts.append(position)
             position += len(text) + 2
-        kept = [i for i, start in zip(order, starts) if start < cut_char]
+        kept = [i for i, start in zip(order, starts, strict=True) if start < cut_char]
         return ids[:max_tokens], coverage(ds, kept)
 
     @cached_property

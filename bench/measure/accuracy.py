@@ -152,7 +152,7 @@ def classification_metrics(model: Model, batches: Iterable[tuple[Batch, torch.Te
     pred, gold = torch.cat(predictions).numpy(), torch.cat(labels).numpy()
     acc = accuracy(pred, gold, n_boot, seed)
     names = list(label_names) if label_names else [str(c) for c in range(num_classes)]
-    acc.extra["recall"] = dict(zip(names, per_class_recall(pred, gold, num_classes)))
+    acc.extra["recall"] = dict(zip(names, per_class_recall(pred, gold, num_classes), strict=True))
     acc.scores = {"label": gold.tolist(), "prediction": pred.tolist(),
                   "probabilities": torch.cat(probabilities).numpy().round(6).tolist()}
     return [acc, macro_f1(pred, gold, num_classes, n_boot, seed)]

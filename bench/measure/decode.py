@@ -7,6 +7,7 @@ time reading the KV cache, where weight-only formats (less memory traffic) can h
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -35,8 +36,9 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            full = _timed_call(lambda: generators[name](new_tokens), device)
-            first = _timed_call(lambda: generators[name](1), device)
+            generate = generators[name]
+            full = _timed_call(partial(generate, new_tokens), device)
+            first = _timed_call(partial(generate, 1), device)
             per_token[name].append(max(full - first, 1e-9) / (new_tokens - 1))
     return per_token
 

@@ -22,6 +22,7 @@ from bench.report.tables import (
     QUALITY_LOSS,
     SIZE_GAIN_MIN,
     SLOWER,
+    WITHIN_NOISE,
     columns_for,
     groups,
     render_table,
@@ -37,10 +38,14 @@ HOW_TO_READ = (
     "are against the baseline (identity) of the same task, model and device: accuracy in percentage points "
     "(pt), perplexity in %, sizes as x smaller. The speed-up is baseline p50 / variant p50, both timed "
     "interleaved in the same process, so it holds on a noisy machine (the baseline against itself shows the "
-    "noise); compare speed with it, not with p50s of separate cells. Flags: "
+    "noise); compare speed with it, not with p50s of separate cells. 'Paired' columns compare each variant "
+    "with the baseline on the same held-out examples (windows): the difference, with a paired bootstrap "
+    "interval; 'answers flipped' is the share of examples whose predicted label changed and 'KL from "
+    "baseline' the mean KL divergence of the predicted distributions. 'decode' is tokens/s generating with "
+    "the KV cache (batch 1). Flags: "
     f"'{NO_SIZE_GAIN}' (artifact >= {SIZE_GAIN_MIN:.0%} of the baseline's bytes), '{SLOWER}' (speed-up "
     f"interval below 1), '{QUALITY_LOSS}' (accuracy down > {ACCURACY_DROP_PT:g} pt or perplexity up > "
-    f"{PERPLEXITY_RISE:.0%}).")
+    f"{PERPLEXITY_RISE:.0%}), '{WITHIN_NOISE}' (the paired interval includes no change).")
 EMPTY = "Nothing measured yet: this run has no rows (rows.jsonl is missing or empty)."
 
 

@@ -24,6 +24,8 @@ ACCURACY_DROP_PT = 1.0
 PERPLEXITY_RISE = 0.05
 REASON_CHARS = 120
 NO_SIZE_GAIN, SLOWER, QUALITY_LOSS = "no real size gain", "slower than baseline", "quality loss"
+WITHIN_NOISE = "quality change within its paired interval"
+PAIRED_QUALITY = {"accuracy_delta": True, "perplexity_change": False}  # metric -> higher is better
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,21 @@ COLUMNS = (
     Column("accuracy", "accuracy", "percent", "pt", True),
     Column("macro_f1", "macro-F1", "percent", "pt", True),
     Column("perplexity", "perplexity", "number", "relative", False),
+    Column("accuracy_delta", "Δ accuracy, paired", "points", None, True),
+    Column("perplexity_change", "Δ perplexity, paired", "signed_percent", None, False),
+    Column("flip_rate", "answers flipped", "percent", None, False),
+    Column("kl_from_baseline", "KL from baseline", "number", None, False),
     Column("size_bytes", "size on disk", "bytes", "factor", False),
     Column("weight_bytes", "weights", "bytes", "factor", False),
     Column("params", "params", "count"),
-    Column("sparsity", "sparsity", "percent"),
+    Column("sparsity", "zero weights", "percent"),
     Column("bits_per_weight", "bits/weight", "number", None, False),
     Column("latency_p50", "p50 latency", "ms", None, False),
     Column("latency_p95", "p95 latency", "ms", None, False),
     Column("throughput", "throughput", "number", None, True),
     Column("speedup", "speed-up", "ratio", None, True),
+    Column("decode_tokens_per_s", "decode", "number", None, True),
+    Column("decode_speedup", "decode speed-up", "ratio", None, True),
     Column("peak_memory_bytes", "peak memory", "bytes", "factor", False),
     Column("compress_seconds", "compress time", "seconds", None, False),
 )
@@ -66,10 +74,27 @@ SAMPLE_WORDS = {"accuracy": "examples", "perplexity": "tokens", "latency_p50": "
 
 
 def variant_label(compressor: str, params_json: str | None) -> str:
-    """"int8-dynamic (backend=onnxruntime)": the compressor and its parameters, short."""
+    """"int8-dynamic (backend=onnxruntime)": the compressor and the parameters that differ from its defaults."""
     params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
+    params = {k: v for k, v in params.items() if _default_of(compressor, k, v) != v}
     inner = ", ".join(f"{key}={_short(value)}" for key, value in sorted(params.items()))
     return f"{compressor} ({inner})" if inner else compressor
+
+
+def _default_of(compressor: str, key: str, value: Any) -> Any:
+    """The default of one parameter of a registered compressor (a value that can never equal `value` when unknown)."""
+    import dataclasses
+
+    try:
+        from compressors import lookup
+
+        fields = {f.name: f for f in dataclasses.fields(lookup(compressor).config_class)}
+    except (KeyError, ImportError):
+        return object()
+    field = fields.get(key)
+    if field is None or field.default is dataclasses.MISSING:
+        return object()
+    return json.loads(json.dumps(field.default))
 
 
 def _short(value: Any) -> str:
@@ -117,13 +142,14 @@ def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
             "compressor": first.compressor, "params_json": first.params,  # "params" is a metric
             "label": variant_label(first.compressor, first.params), "runtime": _text(first.runtime),
             "status": bad.status.iloc[0] if len(bad) else OK, "reason": _text(bad.reason.iloc[0]) if len(bad) else None,
-            "notes": [], "details": {}}
+            "notes": [], "claims": [], "details": {}}
         for row in cell[cell.status == OK].itertuples():
             record[row.metric] = _number(row.value)
             for part in ("ci_low", "ci_high", "n"):
                 record[f"{row.metric}:{part}"] = _number(getattr(row, part))
             details = json.loads(row.details) if isinstance(row.details, str) else {}
             record["notes"] += [note for note in details.pop("notes", []) if note not in record["notes"]]
+            record["claims"] += details.pop("claims", [])
             details.pop("provenance", None)
             if details:
                 record["details"][row.metric] = details
@@ -163,6 +189,27 @@ def _compare_with_baseline(table: pd.DataFrame, index: pd.Index, base: int) -> N
     for i in index:
         if i != base and table.at[i, "status"] == OK:
             table.at[i, "flags"] = flags(table.loc[i], table.loc[base])
+            shown = [c["text"] for c in table.at[i, "claims"] if claim_holds(c["when"], table.loc[i])]
+            table.at[i, "notes"] = table.at[i, "notes"] + [t for t in shown if t not in table.at[i, "notes"]]
+
+
+def paired_loss(row: pd.Series) -> bool | None:
+    """True when the paired quality difference is worse and its interval excludes zero, False when it
+    does not, None without a paired measurement."""
+    for metric, up in PAIRED_QUALITY.items():
+        low, high = row.get(f"{metric}:ci_low"), row.get(f"{metric}:ci_high")
+        if not _missing(low) and not _missing(high):
+            return bool(high < 0) if up else bool(low > 0)
+    return None
+
+
+def claim_holds(when: str, row: pd.Series) -> bool:
+    """Whether a method's claim is shown by this cell's own measurements (see compressors.base.Claim)."""
+    if when == "slower":
+        return SLOWER in row["flags"]
+    if when == "quality_loss":
+        return bool(paired_loss(row)) or QUALITY_LOSS in row["flags"]
+    return False
 
 
 def flags(row: pd.Series, baseline: pd.Series) -> list[str]:
@@ -181,6 +228,10 @@ def flags(row: pd.Series, baseline: pd.Series) -> list[str]:
     ppl_loss = not _missing(ppl) and not _missing(base_ppl) and ppl > base_ppl * (1 + PERPLEXITY_RISE) + 1e-12
     if acc_loss or ppl_loss:
         out.append(QUALITY_LOSS)
+    for metric in PAIRED_QUALITY:
+        low, high = row.get(f"{metric}:ci_low"), row.get(f"{metric}:ci_high")
+        if not _missing(low) and not _missing(high) and low <= 0 <= high and QUALITY_LOSS not in out:
+            out.append(WITHIN_NOISE)
     return out
 
 
@@ -230,8 +281,10 @@ def render_table(table: pd.DataFrame, columns: list[Column]) -> tuple[list[str],
 def scale_of(column: Column, values) -> tuple[float, str]:
     """(divisor, unit text) for a column, chosen once from its largest value."""
     top = max((abs(v) for v in values), default=0.0)
-    if column.kind == "percent":
+    if column.kind in ("percent", "signed_percent"):
         return 0.01, "%"
+    if column.kind == "points":
+        return 0.01, "pt"
     if column.kind in ("bytes", "count"):
         steps = [(1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B")] if column.kind == "bytes" else \
             [(1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")]
@@ -253,7 +306,8 @@ def format_cell(column: Column, row: dict[str, Any], scale: tuple[float, str]) -
 def format_number(column: Column, value: float, scale: tuple[float, str], ci_low: Any = None,
                   ci_high: Any = None) -> str:
     """A value in its column's scale, with its 95% interval when there is one."""
-    digits = {"percent": "{:.1f}".format, "ratio": _ratio_digits}.get(column.kind, sig3)
+    digits = {"percent": "{:.1f}".format, "ratio": _ratio_digits, "points": "{:+.1f}".format,
+              "signed_percent": "{:+.1f}".format}.get(column.kind, sig3)
     text = digits(value / scale[0]) + ("x" if column.kind == "ratio" else "")
     if not _missing(ci_low) and not _missing(ci_high):
         text += f" [{digits(ci_low / scale[0])}, {digits(ci_high / scale[0])}]"

@@ -16,6 +16,7 @@ import numpy as np
 from compressors.base import (
     CAUSAL_LM,
     Batch,
+    Claim,
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -119,5 +120,6 @@ class Int8Static(Compressor):
         provenance = {"calibration_batches": len(feeds),
                       "calibration_examples": sum(len(f["input_ids"]) for f in feeds),
                       "calibration_sha256": feeds_sha256(feeds)}
-        notes = (*model.notes, Claim(OUTLIER_NOTE, when="quality_loss")) if model.kind == CAUSAL_LM else model.notes
+        outliers = Claim(OUTLIER_NOTE, when="quality_loss")  # printed only where the loss is measured
+        notes = (*model.notes, outliers) if model.kind == CAUSAL_LM else model.notes
         return source.with_file(target, device="cpu", provenance=provenance, notes=notes)
