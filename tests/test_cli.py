@@ -1,8 +1,18 @@
-"""Bad input: one line on stderr naming what is wrong, exit code 2, no traceback."""
+"""The command line as a user meets it: help, listing, the safety flags reaching the run, and
+bad input in a real process (one line on stderr, exit code 2, no traceback).
+
+The corpus of malformed inputs is tests/test_bad_input.py (in-process, fast); here a few
+cases run as separate processes, so warnings printed at import time would show.
+"""
+
+import os
 
 import pytest
 import torch
 
+import bench.runner
+from bench.cli import main
+from bench.zoo import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
 from tests.conftest import compbench
 
 
@@ -18,48 +28,24 @@ def assert_bad_input(result, *fragments):
 def test_help_explains_commands(tmp_path):
     result = compbench("run", "--help", cwd=tmp_path)
     assert result.returncode == 0
-    for word in ("--resume", "--only", "--quick", "--executor", "rows.jsonl"):
+    for word in ("--resume", "--only", "--quick", "--executor", "rows.jsonl", "--trust-remote-code", "--allow-pickle"):
         assert word in result.stdout
 
 
-@pytest.mark.parametrize("toml, fragments", [
-    ("name = [", ["not valid TOML"]),
-    ('bogus = 1\n[[task]]\nname="bbc-topic"\nmodel="tiny-bert"\n[[compressor]]\nname="identity"',
-     ["unknown key 'bogus'"]),
-    ('[[task]]\nname="bbc-topic"\nmodel="minilm-l7"\n[[compressor]]\nname="identity"',
-     ["unknown model 'minilm-l7'", "minilm-l6"]),
-    ('[[task]]\nname="bbc-topic"\nmodel="tiny-bert"\n[[compressor]]\nname="int8-dynamik"',
-     ["unknown compressor 'int8-dynamik'", "int8-dynamic"]),
-    ('[[task]]\nname="bbc-topic"\nmodel="tiny-bert"\nmax_length=-3\n[[compressor]]\nname="identity"',
-     ["max_length", "integer >= 2"]),
-    ('[[task]]\nname="bbc-topic"\nmodel="tiny-bert"\n[[compressor]]\nname="cast"\ndtype=16',
-     ["parameter 'dtype' must be str"]),
-])
-def test_bad_matrix(tmp_path, toml, fragments):
+def test_bad_matrix_in_a_real_process(tmp_path):
     path = tmp_path / "m.toml"
-    path.write_text(toml)
-    assert_bad_input(compbench("run", str(path), "--out", str(tmp_path / "r"), cwd=tmp_path), *fragments)
+    path.write_text('[[task]]\nname="bbc-topic"\nmodel="minilm-l7"\n[[compressor]]\nname="identity"')
+    assert_bad_input(compbench("run", str(path), "--out", str(tmp_path / "r"), cwd=tmp_path),
+                     "unknown model 'minilm-l7'", "minilm-l6")
 
 
-def test_missing_matrix_file(tmp_path):
-    assert_bad_input(compbench("run", "nope.toml", cwd=tmp_path), "nope.toml", "no such matrix file")
-
-
-def test_local_model_without_weights(tmp_path):
-    (tmp_path / "empty-model").mkdir()
-    (tmp_path / "empty-model" / "config.json").write_text("{}")
+def test_short_held_out_text_in_a_real_process(tmp_path):
+    # the tokenizer counts tokens here: its "sequence longer than the model" warning must not print
+    (tmp_path / "notes.txt").write_text("\n\n".join(["A paragraph of notes about the river. " * 80] * 4))
     path = tmp_path / "m.toml"
-    path.write_text(f'[[task]]\nname="bbc-topic"\nmodel="{tmp_path / "empty-model"}"\n[[compressor]]\nname="identity"')
-    assert_bad_input(compbench("run", str(path), cwd=tmp_path), "has no weights")
-
-
-def test_data_file_without_needed_columns(tmp_path):
-    data = tmp_path / "d.csv"
-    data.write_text("sentence,score\nhello,1\n")
-    path = tmp_path / "m.toml"
-    path.write_text(f'[[task]]\nname="mine"\ntype="classification"\ndataset="{data}"\nmodel="tiny-bert"\n'
-                    '[[compressor]]\nname="identity"')
-    assert_bad_input(compbench("run", str(path), cwd=tmp_path), "text", "label")
+    path.write_text(f'[[task]]\nname="notes"\ntype="causal-lm"\nmodel="tiny-gpt2"\ndataset="{tmp_path / "notes.txt"}"\n'
+                    'seq_len=2048\nmax_tokens=100000\n[[compressor]]\nname="identity"')
+    assert_bad_input(compbench("run", str(path), cwd=tmp_path), "1 paragraph(s) and", "seq_len=2048")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
@@ -67,16 +53,28 @@ def test_device_cuda_without_gpu(tmp_path, tiny_matrix):
     assert_bad_input(compbench("run", str(tiny_matrix), "--device", "cuda", cwd=tmp_path), "no CUDA device")
 
 
-def test_unknown_subcommand_and_option(tmp_path):
-    assert_bad_input(compbench("runn", cwd=tmp_path), "invalid choice")
-    assert_bad_input(compbench("run", "--fast", cwd=tmp_path), "unrecognized arguments")
+@pytest.mark.parametrize("flags, trusted, pickles", [
+    ([], "0", "0"),
+    (["--trust-remote-code"], "1", "0"),
+    (["--allow-pickle"], "0", "1"),
+])
+def test_safety_flags_reach_the_run_and_end_with_it(tmp_path, tiny_matrix, monkeypatch, capsys, flags, trusted,
+                                                    pickles):
+    seen = {}
+
+    def fake_run_matrix(*args, **kwargs):  # what the prepare and cell processes would inherit
+        seen.update({key: os.environ.get(key) for key in (TRUST_REMOTE_CODE_ENV, ALLOW_PICKLE_ENV)})
+        raise KeyboardInterrupt  # stop here: the run itself is tested in test_runner
+
+    monkeypatch.setattr(bench.runner, "run_matrix", fake_run_matrix)
+    monkeypatch.delenv(TRUST_REMOTE_CODE_ENV, raising=False)
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    assert main(["run", str(tiny_matrix), "--out", str(tmp_path / "r"), "--device", "cpu", *flags]) == 130
+    assert seen == {TRUST_REMOTE_CODE_ENV: trusted, ALLOW_PICKLE_ENV: pickles}
+    assert TRUST_REMOTE_CODE_ENV not in os.environ and ALLOW_PICKLE_ENV not in os.environ  # restored
 
 
-def test_report_of_a_non_run(tmp_path):
-    assert_bad_input(compbench("report", str(tmp_path), cwd=tmp_path), "not a run folder")
-
-
-def test_list_shows_compressors_with_parameters(tmp_path):
-    result = compbench("list", "compressors", cwd=tmp_path)
-    assert result.returncode == 0
-    assert "int8-dynamic" in result.stdout and "backend: str = 'torch'" in result.stdout
+def test_list_shows_compressors_with_parameters(capsys):
+    assert main(["list", "compressors"]) == 0
+    out = capsys.readouterr().out
+    assert "int8-dynamic" in out and "backend: str = 'torch'" in out

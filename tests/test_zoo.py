@@ -10,7 +10,7 @@ import torch
 
 from bench.zoo import LoadPolicy, ZooError, publish_directory, sha256_file, verify_cached_dir, verify_file
 from bench.zoo import teacher as zoo_teacher
-from bench.zoo.data import BBC_SHA256, load_dataset, make_dataset, split_dataset
+from bench.zoo.data import BBC_SHA256, load_dataset, make_dataset, pair_datasets, split_dataset
 from bench.zoo.models import (
     check_model,
     file_hashes,
@@ -296,3 +296,23 @@ def test_smollm2_loads_with_its_note():
     assert 134e6 < sum(p.numel() for p in model.module.parameters()) < 136e6
     assert "GGUF Q4_1" in model.notes[0]
     assert model.forward(_batch(8, rows=1)).shape == (1, 8, model.module.config.vocab_size)
+
+
+def test_tests_never_touch_the_users_cache():
+    from bench.paths import cache_dir
+    from tests.conftest import TEST_CACHE
+
+    assert cache_dir() == TEST_CACHE  # set for the whole session by tests/conftest.py
+    assert cache_dir() != Path.home() / ".cache" / "compbench"
+
+
+def test_a_separate_test_file_is_held_out_whole_with_train_labels():
+    train = make_dataset("train.csv", ["a", "b", "c"], [0, 1, 2], ["neg", "neutral", "pos"])
+    test = make_dataset("test.csv", ["d", "e"], [0, 1], ["neutral", "pos"])  # ids of its own label list
+    kept, held_out = pair_datasets(train, test)
+    assert kept is train and held_out.texts == ("d", "e")
+    assert held_out.labels == (1, 2) and held_out.label_names == train.label_names
+    text = make_dataset("notes.txt", ["p1", "p2"], None, None)
+    assert pair_datasets(text, make_dataset("t.txt", ["q"], None, None))[1].texts == ("q",)
+    with pytest.raises(ZooError, match="has no labels"):
+        pair_datasets(train, make_dataset("t.txt", ["q"], None, None))
