@@ -125,6 +125,7 @@ CASES = [
      ["unknown compressor 'int8-dynamik'", "int8-dynamic"]),
     ("param-type", lambda t, m: run(t, matrix(t, compressor='name = "cast"\ndtype = 16')),
      ["parameter 'dtype' must be str"]),
+    ("matrix-not-utf8", lambda t, m: run(t, _write_bytes(t, b'name = "caf\xe9"\n')), ["not UTF-8 text"]),
     ("missing-matrix", lambda t, m: run(t, str(t / "nope.toml")), ["nope.toml", "no such matrix file"]),
     ("unknown-shipped-matrix", lambda t, m: run(t, "defualt"), ["unknown matrix 'defualt'", "did you mean 'default'"]),
     # ---- models
@@ -195,6 +196,12 @@ CASES = [
 def _write(tmp_path, text):
     path = tmp_path / "m.toml"
     path.write_text(text)
+    return str(path)
+
+
+def _write_bytes(tmp_path, data):
+    path = tmp_path / "m.toml"
+    path.write_bytes(data)
     return str(path)
 
 
