@@ -76,12 +76,14 @@ def example_batch():
 
 
 @pytest.mark.parametrize("method", ["plain", "activation", "whitened"])
-def test_full_rank_reproduces_the_layer(method):
-    weight = torch.randn(48, 32, generator=generator(1))
+@pytest.mark.parametrize("out_features", [48, 24])  # both sides: projected from the output or the input
+def test_full_rank_reproduces_the_layer(method, out_features):
+    weight = torch.randn(out_features, 32, generator=generator(1))
     x = skewed_inputs(width=32)
     stats = {"mean_sq": (x.double() ** 2).mean(0), "xtx": x.double().T @ x.double()}
-    factors = factorize(weight, method, rank=32, **stats, damping=1e-6)
-    assert factors.a.shape == (32, 32) and factors.b.shape == (48, 32)
+    rank = min(out_features, 32)
+    factors = factorize(weight, method, rank=rank, **stats, damping=1e-6)
+    assert factors.a.shape == (rank, 32) and factors.b.shape == (out_features, rank)
     relative = (factors.b @ factors.a - weight).norm() / weight.norm()
     assert relative < 1e-5, relative
 
@@ -115,8 +117,9 @@ def test_rank_for_ratio_and_energy():
     assert rank_for_energy(singular_values, 1.0) == 3
 
 
-def test_whitened_error_on_calibration_inputs_is_not_larger_than_plain():
-    weight = torch.randn(80, 64, generator=generator(2)) / 8
+@pytest.mark.parametrize("out_features", [80, 48])
+def test_whitened_error_on_calibration_inputs_is_not_larger_than_plain(out_features):
+    weight = torch.randn(out_features, 64, generator=generator(2)) / 8
     x = skewed_inputs(width=64)
     xtx = x.double().T @ x.double()
     mean_sq = (x.double() ** 2).mean(0)
