@@ -1,0 +1,83 @@
+"""A short recovery fine-tune after structural pruning, through the one training loop.
+
+The task loss on the train split, optionally mixed half and half with the KL divergence to
+the unpruned teacher's logits (knowledge distillation, Hinton et al. 2015): a pruned model
+that was close to its teacher recovers faster when told the teacher's whole distribution
+rather than only the label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressors.base import CAUSAL_LM, CompressContext, CompressorUnavailable, TorchModel, check_range
+from compressors.train import Budget, Recipe, train
+
+BATCH_SIZE = {CAUSAL_LM: 2}       # LM windows are seq_len tokens each (512 on lm-bbc)
+DEFAULT_BATCH_SIZE = 16           # classification texts (128 tokens on bbc-topic)
+TEACHER_WEIGHT = 0.5              # loss = (1 - w) * task + w * KL(teacher || student)
+TEMPERATURE = 2.0                 # softens both distributions; the KL is scaled by T^2 (Hinton et al.)
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """steps: optimiser steps (0 = no fine-tune). lr: peak AdamW learning rate.
+    teacher: mix in KL to the teacher's logits."""
+
+    steps: int = 0
+    lr: float = 5e-5
+    teacher: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"recovery_steps must be an integer >= 0, got {self.steps!r}")
+        check_range("recovery_lr", self.lr, 1e-8, 1e-2)
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """KL(teacher || student) on softened logits, mean per example or token, scaled by T^2."""
+    s = F.log_softmax(student.float() / temperature, dim=-1).flatten(0, -2)
+    t = F.log_softmax(teacher.float() / temperature, dim=-1).flatten(0, -2)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def recover_(module: nn.Module, ctx: CompressContext, settings: RecoverySettings) -> dict[str, Any] | None:
+    """Fine-tune `module` in place for `settings.steps` steps; returns what happened (provenance) or None."""
+    if settings.steps == 0:
+        return None
+    if ctx.data is None:
+        raise CompressorUnavailable("recovery fine-tuning needs the task's training data")
+    teacher = None
+    if settings.teacher:
+        if not isinstance(ctx.teacher, TorchModel):
+            raise CompressorUnavailable("recovery_teacher needs a torch teacher model (ctx.teacher)")
+        teacher = ctx.teacher.module.to(ctx.device).eval()
+    batch_size = BATCH_SIZE.get(ctx.data.kind, DEFAULT_BATCH_SIZE)
+
+    def batches(epoch: int):
+        return ctx.data.train_batches(batch_size, 1, ctx.seed + epoch)
+
+    def loss_fn(student: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        logits = _logits(student(**inputs))
+        loss = ctx.data.loss(logits, labels)
+        if teacher is None:
+            return loss
+        with torch.no_grad():
+            target = _logits(teacher(**inputs))
+        return (1 - TEACHER_WEIGHT) * loss + TEACHER_WEIGHT * distill_kl(logits, target)
+
+    result = train(module, batches, loss_fn, steps_per_epoch=settings.steps,
+                   budget=Budget(epochs=1, max_steps=settings.steps, max_seconds=ctx.max_seconds),
+                   recipe=Recipe(lr=settings.lr), device=ctx.device, seed=ctx.seed, desc="recovery", progress=False)
+    return {"steps": result.steps, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by,
+            "batch_size": batch_size, "lr": settings.lr, "teacher_kl": settings.teacher,
+            "last_loss": None if result.last_loss is None else round(result.last_loss, 4)}
