@@ -244,3 +244,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, build, 
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").glob("*/manifest.json"))
     # the run's settings (policy, memory limit) did not leak into this process
     assert {k: v for k, v in os.environ.items() if k.startswith("COMPBENCH")} == before
+
+
+def test_the_same_inputs_done_right_pass(tmp_path):
+    """Controls for the corpus: fixed as its messages say, the inputs validate."""
+    from bench.config import load_matrix
+    from bench.validate import validate_matrix
+    from bench.zoo import LoadPolicy
+    from bench.zoo.models import check_model
+
+    notes = text_file(tmp_path, "notes.txt", [PROSE] * 10)  # "held-out-too-short" at seq_len 512
+    validate_matrix(load_matrix(matrix(tmp_path, task=lm_task_on(notes, "seq_len = 64"))))
+    (tmp_path / "m.toml").unlink()
+    one = text_file(tmp_path, "one.txt", [PROSE * 20])  # "one-paragraph", scored whole with test_dataset
+    validate_matrix(load_matrix(matrix(tmp_path, task=lm_task_on(notes, f'test_dataset = "{one}"'))))
+    pickled = model_dir(tmp_path, {"pytorch_model.bin": b"x"})
+    check_model(str(pickled), LoadPolicy(allow_pickle=True))

@@ -371,8 +371,12 @@ def load_tokenizer(name: str, policy: LoadPolicy | None = None) -> Any:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
-    source, _, kwargs = _source(name, progress=False, policy=policy)
-    return _tokenizer(source, kwargs)
+    if name.startswith("hf:"):
+        require_hub(name, OFFLINE_MODELS)
+        return _tokenizer(name[3:], {"trust_remote_code": policy.trust_remote_code})
+    # a local directory (check_model vetted it); its weights are neither read nor hashed here
+    return _tokenizer(Path(name).expanduser(), {"local_files_only": True,
+                                                "trust_remote_code": policy.trust_remote_code})
 
 
 def load_model(name: str, kind: str, *, train_data: TextDataset | None = None, max_length: int = 128,
