@@ -152,16 +152,16 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     cells = plan_cells(matrix, devices, only)
     settings = measurement_settings(matrix)
     previous = read_manifest(run_dir) if resume else {}
-    if previous.get("git_commit") and previous["git_commit"] != provenance.git_commit():
-        print(f"note: {run_id} was started at commit {previous['git_commit']}; resuming at "
-              f"{provenance.git_commit()} (the manifest keeps both)", file=sys.stderr)
-        previous.setdefault("resumed_at_commits", []).append(provenance.git_commit())
     if previous.get("settings"):
         differing = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
         if differing:
             changes = ", ".join(f"{k} {previous['settings'].get(k)!r} -> {settings[k]!r}" for k in differing)
             raise ConfigError(f"--resume {run_id}: the run on disk was measured with other settings ({changes}); "
                               "rows measured two ways would not compare: start a new run (another --run-id)")
+    if previous.get("git_commit") and previous["git_commit"] != provenance.git_commit():
+        print(f"note: {run_id} was started at commit {previous['git_commit']}; resuming at "
+              f"{provenance.git_commit()} (the manifest keeps both)", file=sys.stderr)
+        previous.setdefault("resumed_at_commits", []).append(provenance.git_commit())
     run_dir.mkdir(parents=True, exist_ok=True)
     repair_torn_tail(run_dir)
     if resume:

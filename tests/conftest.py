@@ -36,7 +36,7 @@ latency_batch = 2
 
 [[task]]
 name = "lm-bbc"
-model = "tiny-gpt2"
+model = "tiny-llama"
 seq_len = 64
 max_tokens = 512
 

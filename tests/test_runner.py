@@ -36,6 +36,27 @@ def test_rows_have_every_metric_with_units(tiny_run):
     assert accuracy.ci_low <= accuracy.value <= accuracy.ci_high and accuracy.n == 32
     ppl = ok[ok.metric == "perplexity"].iloc[0]
     assert json.loads(ppl.details)["seq_len"] == 64
+    assert set(json.loads(ppl.details)["coverage"]["classes"].values()) != {0}  # held-out classes interleaved
+
+
+def test_variants_are_paired_with_the_baseline_on_the_same_examples(tiny_run):
+    run_dir = tiny_run / "results" / "t1"
+    frame = load(run_dir)
+    ok = frame[(frame.status == "ok") & (frame.compressor == "int8-dynamic")]
+    metrics = set(ok.metric)
+    assert {"accuracy_delta", "flip_rate", "kl_from_baseline", "perplexity_change"} <= metrics
+    flips = ok[ok.metric == "flip_rate"].iloc[0]
+    assert flips.n == 32 and flips.ci_low <= flips.value <= flips.ci_high
+    assert len(list((run_dir / "scores").glob("*.json"))) == 4  # every measured cpu cell kept its scores
+    identity = frame[(frame.compressor == "identity") & (frame.status == "ok")]
+    assert not set(identity.metric) & {"accuracy_delta", "flip_rate"}  # the baseline is not paired with itself
+
+
+def test_causal_lms_report_decode_speed(tiny_run):
+    frame = load(tiny_run / "results" / "t1")
+    decode = frame[(frame.metric == "decode_tokens_per_s") & (frame.status == "ok")]
+    assert len(decode) == 2 and (decode.value > 0).all() and (decode.unit == "tokens/s").all()
+    assert json.loads(decode.details.iloc[0])["new_tokens"] == 16
 
 
 def test_int8_is_smaller_and_baseline_speedup_is_one(tiny_run):
