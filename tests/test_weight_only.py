@@ -204,3 +204,23 @@ def test_smollm2_perplexity_int8_within_one_percent():
         ("g128", {"bits": 4, "group_size": 128})]}
     assert ppl["int8"] < 1.01 * fp32  # measured 31.24 fp32, 31.16 int8, 41.5 g32, 51.2 g128
     assert fp32 < ppl["g32"] < ppl["g128"] < 2 * fp32  # finer groups lose less
+
+
+@pytest.mark.slow
+def test_smollm2_float_minimum_g32_reproduces_its_q4_1_origin():
+    """SmolLM2's weights are dequantized GGUF Q4_1 (groups of 32, fp16 scale and minimum): round to
+    nearest with a float minimum at group 32 finds that grid, so the Linears come back bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from bench.zoo.smollm import smollm_dir
+
+    module = AutoModelForCausalLM.from_pretrained(smollm_dir(progress=False), dtype=torch.float32)
+    model = TorchModel(module, "smollm2-135m", CAUSAL_LM, None)
+    params = {"bits": 4, "group_size": 32, "symmetric": False, "zero_point": "float"}
+    quantized = build("weight-only", params).compress(model, CPU)
+    layers = dict(quantized.module.named_modules())
+    exact = [name for name, layer in model.module.named_modules() if isinstance(layer, nn.Linear)
+             and isinstance(layers[name], PackedLinear) and torch.equal(layers[name].logical_weight(), layer.weight)]
+    assert len(exact) == 210  # every Q4_1 tensor (7 per block x 30); measured 210 of 210
+    window = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(quantized.forward({"input_ids": window}), model.forward({"input_ids": window}))

@@ -211,7 +211,7 @@ class GPTQConfig(CompressorConfig):
     act_order: bool = False
     damping: float = 0.01
     block_size: int = 128
-    calibration_batches: int = 32
+    calibration_batches: int = 16
     sequential: bool = True
     skip_lm_head: bool = True
     quantize_embeddings: bool = False
