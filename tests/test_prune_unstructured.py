@@ -249,3 +249,15 @@ def test_two_four_runs_semi_structured_on_cuda(tiny_models, tmp_path):
     assert torch.allclose(pruned.forward(batch).cpu(), reference.forward(batch), atol=1e-2)
     reloaded = load_artifact(pruned.save(tmp_path / "artifact"))
     assert torch.allclose(reloaded.forward(batch), reference.forward(batch), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_prune_matrix_classifier_cells_end_to_end(tmp_path):
+    from tests.test_matrices import run_quick
+
+    ok = run_quick(tmp_path, "prune", "--only", "bbc-topic/*/prune-[mw]*sparsity=0.5)*")
+    assert set(ok.compressor) == {"prune-magnitude", "prune-wanda"}
+    value = ok.set_index(["compressor", "metric"]).value
+    for method in ("prune-magnitude", "prune-wanda"):
+        assert value[method, "sparsity"] > 0.2  # half of every body Linear; embeddings stay dense
+        assert value[method, "accuracy"] > 0.4  # 5 topics: chance is 0.2
