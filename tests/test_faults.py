@@ -24,7 +24,7 @@ SEQ_LEN = 32
 FAULTY_MATRIX = """
 name = "faults"
 threads = 1
-cell_timeout_s = 120
+cell_timeout_s = 600
 cell_memory_limit_mb = {limit}
 latency_min_iters = 2
 latency_min_seconds = 0.01
@@ -59,7 +59,7 @@ def faulty_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COMPBENCH_PLUGINS", "tests.plugins")
         result = compbench("run", "faults.toml", "--run-id", "f", "--device", "cpu", "--no-progress", cwd=work,
-                           timeout=400)
+                           timeout=800)
     assert result.returncode == 0, result.stderr
     return work / "results" / "f"
 
