@@ -66,4 +66,4 @@ class PruneNM(Compressor):
         masks = {name: nm_mask(score, cfg.n, cfg.m) for name, score in scores.items()}
         semi_structured = (cfg.n, cfg.m) == (2, 4)
         return sparsify_(model, module, masks, ctx, self.name, semi_structured=semi_structured,
-                         provenance=provenance)
+                         provenance=provenance, pattern=f"{cfg.n}:{cfg.m}")

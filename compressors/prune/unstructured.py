@@ -34,7 +34,7 @@ MIN_SPARSITY, MAX_SPARSITY = 0.1, 0.95
 # of 8 texts for classifiers. The paper used 128 x 2048 tokens and found the result flat above ~64.
 CALIBRATION_BATCHES = {CAUSAL_LM: 32}
 DEFAULT_CALIBRATION_BATCHES = 16
-CPU_NOTE = ("unstructured sparsity: weights stored as bitmask + values (CSR where smaller) and expanded to a "
+CPU_NOTE = ("{pattern} sparsity: weights stored as bitmask + values (CSR where smaller) and expanded to a "
             "dense matrix for the matmul: no speed-up on CPU")
 UNTIED_NOTE = ("the pruned output head is stored apart from the dense input embedding it was tied to "
                "(two copies on disk)")
@@ -109,7 +109,8 @@ def channel_norms(module: nn.Module, layers: list[tuple[str, nn.Linear]], ctx: C
 
 
 def sparsify_(model: Model, module: nn.Module, masks: dict[str, torch.Tensor], ctx: CompressContext,
-              method: str, semi_structured: bool = False, provenance: dict | None = None) -> TorchModel:
+              method: str, semi_structured: bool = False, provenance: dict | None = None,
+              pattern: str = "unstructured") -> TorchModel:
     """Replace each masked Linear by a `SparseLinear` and wrap the result as a new model.
 
     Raises:
@@ -146,8 +147,9 @@ def sparsify_(model: Model, module: nn.Module, masks: dict[str, torch.Tensor], c
     if accelerated:
         notes.append(f"{accelerated} of {len(masks)} pruned layers run PyTorch semi-structured (2:4) sparse kernels")
     if accelerated < len(masks):
-        notes.append(CPU_NOTE if ctx.device == "cpu" else
-                     CPU_NOTE.replace("no speed-up on CPU", f"no speed-up ({len(masks) - accelerated} layers dense)"))
+        note = CPU_NOTE.format(pattern=pattern)
+        notes.append(note if ctx.device == "cpu" else
+                     note.replace("no speed-up on CPU", f"no speed-up ({len(masks) - accelerated} layers dense)"))
     if untied:
         notes.append(UNTIED_NOTE)
     result = model.replace(module=module.eval(), device=ctx.device, notes=tuple(dict.fromkeys(notes)))
