@@ -74,9 +74,14 @@ SAMPLE_WORDS = {"accuracy": "examples", "perplexity": "tokens", "latency_p50": "
 
 
 def variant_label(compressor: str, params_json: str | None) -> str:
-    """"int8-dynamic (backend=onnxruntime)": the compressor and the parameters that differ from its defaults."""
+    """"int8-dynamic (backend=onnxruntime)": the compressor and what defines it.
+
+    Cells carry every parameter after defaults; the label leaves out switches (booleans) and
+    unset values at their defaults, and keeps the choices and numbers that say what the variant is.
+    """
     params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
-    params = {k: v for k, v in params.items() if _default_of(compressor, k, v) != v}
+    params = {k: v for k, v in params.items()
+              if not ((isinstance(v, bool) or v is None) and _default_of(compressor, k, v) == v)}
     inner = ", ".join(f"{key}={_short(value)}" for key, value in sorted(params.items()))
     return f"{compressor} ({inner})" if inner else compressor
 
