@@ -279,12 +279,14 @@ def test_known_times_give_known_statistics():
     assert stats.p(99) == pytest.approx(99.01) and stats.throughput == pytest.approx(2 / 0.0505)
 
 
-def test_interleaved_runs_alternate_in_blocks():
+def test_interleaved_runs_alternate_in_blocks_and_rotate_who_goes_first():
     order = []
     stats = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
                              warmup=1, rounds=4, min_iters=8, min_seconds=0.0)
-    assert order == ["a", "b"] + (["a", "a", "b", "b"] * 4)  # warm-ups, then 4 rounds of 2-call blocks
+    # warm-ups, then 4 rounds of 2-call blocks; the first block of a round alternates between a and b
+    assert order == ["a", "b"] + (["a", "a", "b", "b", "b", "b", "a", "a"] * 2)
     assert len(stats["a"].times_s) == len(stats["b"].times_s) == 8
+    assert stats["a"].rounds == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_interleaved_runs_reach_the_minimum_time_per_name():
