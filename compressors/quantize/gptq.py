@@ -50,11 +50,10 @@ from compressors.quantize.weight_only import (
     SLOW_NOTE,
     PackedLinear,
     embedding_notes,
-    output_layer_ids,
     pack_embeddings_,
 )
 from compressors.registry import register
-from compressors.surgery import set_submodule_
+from compressors.surgery import output_layer_ids, set_submodule_
 
 # Each retry multiplies the damping by 10 before a degenerate H is reported as an error.
 DAMPING_RETRIES = 3

@@ -43,10 +43,8 @@ from compressors.quantize.packing import (
     quantize_tensor,
 )
 from compressors.registry import register
-from compressors.surgery import set_submodule_
+from compressors.surgery import output_layer_ids, set_submodule_
 
-# Names of classification / LM output layers (BERT "classifier", Llama "score", ...).
-OUTPUT_LAYERS = ("lm_head", "classifier", "score")
 GROUP_SIZES = (None, 0, 32, 64, 128, 256)
 SLOW_NOTE = "packed weights are dequantized on every forward: the file is smaller, the model is not faster"
 
@@ -215,17 +213,6 @@ class PackedEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {_describe_layout(self)}"
-
-
-def output_layer_ids(module: nn.Module) -> set[int]:
-    """ids of the modules that are the network's output layer: the one Hugging Face calls
-    the output embeddings (the lm_head, often tied) and Linears named in OUTPUT_LAYERS."""
-    ids = {id(sub) for name, sub in module.named_modules() if name.rsplit(".", 1)[-1] in OUTPUT_LAYERS}
-    get_output = getattr(module, "get_output_embeddings", None)
-    head = get_output() if callable(get_output) else None
-    if head is not None:
-        ids.add(id(head))
-    return ids
 
 
 def pack_linears_(module: nn.Module, bits: int, group_size: int | None, symmetric: bool,
