@@ -59,9 +59,11 @@ def test_int8_dynamic_counts_a_tied_head_once_and_skips_gpt2():
     quantized = build("int8-dynamic", {"backend": "torch"}).compress(llama, CompressContext(data=None))
     assert quantized.info().params == llama.info().params
     assert isinstance(quantized.module.lm_head, nn.Linear)  # left alone: tied to the embedding
-    with pytest.raises(CompressorUnavailable, match="besides the output head"):
-        build("int8-dynamic", {"backend": "torch"}).compress(load_model("tiny-gpt2", CAUSAL_LM),
-                                                             CompressContext(data=None))
+    gpt2 = load_model("tiny-gpt2", CAUSAL_LM)
+    for method, params in (("int8-dynamic", {"backend": "torch"}), ("int8-dynamic", {"backend": "torchao"}),
+                           ("weight-only", {"backend": "torchao", "bits": 8})):
+        with pytest.raises(CompressorUnavailable, match="besides the output head"):
+            build(method, params).compress(gpt2, CompressContext(data=None))
 
 
 def test_calibration_statistics_match_a_hand_computation_and_skip_padding():

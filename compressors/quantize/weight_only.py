@@ -43,7 +43,7 @@ from compressors.quantize.packing import (
     quantize_tensor,
 )
 from compressors.registry import register
-from compressors.surgery import output_layer_ids, set_submodule_
+from compressors.surgery import body_linears, output_layer_ids, set_submodule_
 
 GROUP_SIZES = (None, 0, 32, 64, 128, 256)
 SLOW_NOTE = "packed weights are dequantized on every forward: the file is smaller, the model is not faster"
@@ -302,6 +302,7 @@ def _torchao_weight_only(model: TorchModel, ctx: CompressContext, cfg: WeightOnl
     if cfg.bits == 4 and ctx.device != "cuda":
         raise CompressorUnavailable("torchao int4 weight-only has no CPU kernel (Int4WeightOnlyConfig needs CUDA)")
     module = model.clone_module().to(ctx.device)
+    body_linears(module, not cfg.skip_lm_head, "weight-only (torchao)")  # refuses a head-only model (GPT-2)
     skip = output_layer_ids(module) if cfg.skip_lm_head else set()
     notes, kept = model.notes, 0
     if cfg.bits == 4:
