@@ -10,7 +10,7 @@ import torch
 
 from bench.zoo import LoadPolicy, ZooError, publish_directory, sha256_file, verify_cached_dir, verify_file
 from bench.zoo import teacher as zoo_teacher
-from bench.zoo.data import BBC_SHA256, load_dataset, make_dataset, pair_datasets, split_dataset
+from bench.zoo.data import BBC_SHA256, load_dataset, make_dataset, pair_datasets, split_dataset, validation_split
 from bench.zoo.models import (
     check_model,
     file_hashes,
@@ -62,6 +62,25 @@ def test_split_is_stratified_disjoint_and_deterministic(bbc):
     lm = make_dataset("lm", [f"paragraph {i}" for i in range(10)], None, None)
     lm_train, lm_test = split_dataset(lm, 0.3)
     assert len(lm_test) == 3 and lm_test.labels is None and not set(lm_train.texts) & set(lm_test.texts)
+
+
+def test_validation_is_carved_from_train_stratified_and_seeded(bbc):
+    train, test = split_dataset(bbc, 0.3, seed=0)
+    fit, validation = validation_split(train, 0.1, seed=0)
+    assert len(fit) + len(validation) == len(train) == 1488 and len(validation) == 148
+    assert set(fit.texts) | set(validation.texts) == set(train.texts) and not set(fit.texts) & set(validation.texts)
+    assert not set(validation.texts) & set(test.texts)
+    for label in range(5):
+        assert validation.labels.count(label) / train.labels.count(label) == pytest.approx(0.1, abs=0.002)
+    assert validation_split(train, 0.1, seed=0)[1].texts == validation.texts
+    assert validation_split(train, 0.1, seed=1)[1].texts != validation.texts
+    assert list(fit.texts) == [t for t in train.texts if t not in set(validation.texts)]  # order kept
+    # A class of 3 still gets one validation example; a class of 1 keeps its only example for training.
+    tiny = make_dataset("tiny", [f"t{i}" for i in range(4)], [0, 0, 0, 1], ["a", "b"])
+    tiny_fit, tiny_validation = validation_split(tiny, 0.1)
+    assert tiny_validation.labels == (0,) and tiny_fit.labels.count(1) == 1
+    with pytest.raises(ValueError, match="fraction"):
+        validation_split(train, 0.0)
 
 
 def test_local_files(tmp_path):

