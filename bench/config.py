@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 import re
@@ -100,6 +101,8 @@ class Matrix:
             reserves far more address space than it uses).
         latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget.
         bootstrap: resamples for confidence intervals.
+        max_train_steps: a cap on the optimizer steps of every training-based method
+            (distillation, recovery fine-tunes); None = each method's own budget.
     """
 
     name: str
@@ -114,6 +117,7 @@ class Matrix:
     latency_min_iters: int = 20
     latency_min_seconds: float = 3.0
     bootstrap: int = 1000
+    max_train_steps: int | None = None
     source: str = "<memory>"
 
     def effective_threads(self) -> int:
@@ -125,12 +129,13 @@ class Matrix:
 
 _TASK_FIELDS = {f.name: f for f in dataclasses.fields(TaskSpec)}
 _MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "cell_memory_limit_mb", "latency_warmup",
-                "latency_min_iters", "latency_min_seconds", "bootstrap", "task", "compressor"}
+                "latency_min_iters", "latency_min_seconds", "bootstrap", "max_train_steps", "task", "compressor"}
 
 # --quick: small slices and a short timer, for smoke runs and tests.
 QUICK_TASK = {"eval_limit": 64, "train_limit": 320, "max_length": 64, "max_tokens": 2048, "seq_len": 256,
               "latency_batch": 4}
-QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_warmup": 1, "bootstrap": 200}
+QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_warmup": 1, "bootstrap": 200,
+                "max_train_steps": 20}
 
 
 def resolve_matrix_path(name_or_path: str) -> Path:
@@ -184,7 +189,8 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: task names must be unique, got {names}")
-    compressors = tuple(_parse_compressor(c, f"{where}: [[compressor]] #{i + 1}") for i, c in enumerate(comps_raw))
+    compressors = tuple(spec for i, c in enumerate(comps_raw)
+                        for spec in _parse_compressor(c, f"{where}: [[compressor]] #{i + 1}"))
     devices = raw.get("devices", ["cpu"])
     if not isinstance(devices, list) or not devices or any(d not in DEVICES for d in devices):
         raise ConfigError(f"{where}: key 'devices' must be a list drawn from {list(DEVICES)}, got {devices!r}")
@@ -198,7 +204,7 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     for key, kind, low in (("seed", int, 0), ("threads", int, 0), ("cell_timeout_s", float, 1),
                            ("cell_memory_limit_mb", int, 0), ("latency_warmup", int, 0),
                            ("latency_min_iters", int, 1), ("latency_min_seconds", float, 0),
-                           ("bootstrap", int, 10)):
+                           ("bootstrap", int, 10), ("max_train_steps", int, 1)):
         if key in raw:
             values[key] = _number(raw[key], kind, low, f"{where}: key {key!r}")
     if quick:
@@ -251,20 +257,45 @@ def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
     return spec
 
 
-def _parse_compressor(raw: Any, where: str) -> CompressorSpec:
+def _parse_compressor(raw: Any, where: str) -> list[CompressorSpec]:
+    """One [[compressor]] table -> its variants: a list value sweeps that parameter (one variant per
+    combination, e.g. temperature = [1, 2, 4] x alpha = [0.1, 0.9] gives six), unless the method's
+    config takes a list there."""
     from compressors import build  # registers every method
 
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ConfigError(f"{where}: needs a 'name' (see `compbench list compressors`)")
     params = {k: v for k, v in raw.items() if k != "name"}
+    swept = _swept_keys(raw["name"], params)
+    empty = [k for k in swept if not params[k]]
+    if empty:
+        raise ConfigError(f"{where}: swept parameter {empty[0]!r} needs at least one value, got []")
+    combos = [dict(zip(swept, values, strict=True)) for values in itertools.product(*(params[k] for k in swept))]
+    specs = []
+    for combo in combos or [{}]:
+        variant = {**params, **combo}
+        try:
+            build(raw["name"], variant)
+        except (KeyError, ValueError, TypeError) as exc:  # what configs raise for bad parameters
+            raise ConfigError(f"{where}: {_one_line(exc)}") from None
+        except Exception as exc:  # a method's own check tripping over an odd value is still bad input
+            raise ConfigError(f"{where}: parameters {variant!r} rejected by {raw['name']!r} "
+                              f"({type(exc).__name__}: {_one_line(exc)})") from None
+        specs.append(CompressorSpec(name=raw["name"], params=variant))
+    return specs
+
+
+def _swept_keys(name: str, params: dict[str, Any]) -> list[str]:
+    """The parameters given as lists that the method does not itself take as lists (those are sweeps)."""
+    from compressors.registry import lookup
+
     try:
-        build(raw["name"], params)
-    except (KeyError, ValueError, TypeError) as exc:  # what configs raise for bad parameters
-        raise ConfigError(f"{where}: {_one_line(exc)}") from None
-    except Exception as exc:  # a method's own check tripping over an odd value is still bad input
-        raise ConfigError(f"{where}: parameters {params!r} rejected by {raw['name']!r} "
-                          f"({type(exc).__name__}: {_one_line(exc)})") from None
-    return CompressorSpec(name=raw["name"], params=params)
+        fields = {f.name: f for f in dataclasses.fields(lookup(name).config_class)}
+    except KeyError:
+        return []  # build() names the unknown method
+    listy = ("tuple", "list", "Sequence")
+    return [k for k, v in params.items() if isinstance(v, list) and k in fields
+            and not any(word in str(fields[k].type) for word in listy)]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,6 +13,11 @@ Each cell's per-example scores are kept in run_dir/scores/<cell_id>.json by the 
   kl_from_baseline  mean KL(baseline || variant) of predicted distributions, nats, lower better
   perplexity_change variant / baseline perplexity - 1, fraction, lower better
 each with n = examples (windows) and a 95% paired percentile-bootstrap interval.
+
+A cell with a companion (a distilled student and the same student trained without the
+teacher; see `Compressor.companion`) also gets, against that companion:
+  gain_vs_companion  classification: accuracy - companion accuracy; causal LM: 1 - perplexity /
+                     companion perplexity (the share of perplexity removed); fraction, higher better
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from bench.results import OK, Row, append_rows, canonical_json, read_rows
 SCORES_DIR = "scores"
 BASELINE = "identity"
 PAIRED_METRICS = ("accuracy_delta", "flip_rate", "kl_from_baseline", "perplexity_change")
+COMPANION_METRIC = "gain_vs_companion"
+COMPANIONS = "companions"  # manifest key: {cell_id: the cell id of its companion (e.g. KD's no-teacher student)}
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
@@ -143,5 +150,58 @@ def add_paired_rows(run_dir: Path, n_boot: int = 1000) -> int:
                                   higher_is_better=m.higher_is_better, n=m.n, ci_low=m.ci_low, ci_high=m.ci_high,
                                   status=OK, details=canonical_json({**m.extra, "baseline_cell": base_id}))
                               for m in measured])
+        added += 1
+    return added
+
+
+def companion_gain(companion: dict[str, Any], variant: dict[str, Any], n_boot: int = 1000,
+                   seed: int = 0) -> Measurement | None:
+    """`gain_vs_companion` of `variant` over its companion, paired over the same examples (windows)."""
+    if "accuracy" in companion and "accuracy" in variant:
+        delta = paired_classification(companion["accuracy"], variant["accuracy"], n_boot, seed)[0]
+        return Measurement(COMPANION_METRIC, delta.value, "fraction", True, delta.n, delta.ci_low, delta.ci_high,
+                           extra={"paired": "bootstrap over the same examples",
+                                  "definition": "accuracy minus the companion's accuracy"})
+    if "perplexity" in companion and "perplexity" in variant:
+        change = paired_perplexity(companion["perplexity"], variant["perplexity"], n_boot, seed)[0]
+        # ppl_v / ppl_c - 1 = change, so the share removed is -change; the interval flips with it
+        return Measurement(COMPANION_METRIC, -change.value, "fraction", True, change.n, -change.ci_high,
+                           -change.ci_low, extra={"paired": "bootstrap over the same windows",
+                                                  "definition": "1 - perplexity / the companion's perplexity"})
+    return None
+
+
+def add_companion_rows(run_dir: Path, companions: dict[str, str], n_boot: int = 1000) -> int:
+    """Append `gain_vs_companion` for every ok cell whose companion cell is ok and has scores. Returns how many."""
+    rows = read_rows(run_dir)
+    cells: dict[str, dict[str, Any]] = {}
+    done, failed = set(), set()
+    for row in rows:
+        cells.setdefault(row["cell_id"], row)
+        if row["metric"] == COMPANION_METRIC:
+            done.add(row["cell_id"])
+        if row["metric"] == "cell":
+            failed.add(row["cell_id"])
+    added = 0
+    for cid, other in companions.items():
+        if cid not in cells or other not in cells or cid in done or {cid, other} & failed:
+            continue
+        mine, theirs = read_scores(run_dir, cid), read_scores(run_dir, other)
+        if mine is None or theirs is None:
+            continue
+        try:
+            measured = companion_gain(theirs, mine, n_boot)
+        except ValueError:
+            continue
+        if measured is None:
+            continue
+        first = cells[cid]
+        common = {k: first[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "stage",
+                                        "device", "runtime", "threads")}
+        append_rows(run_dir, [Row(**common, metric=measured.metric, value=measured.value, unit=measured.unit,
+                                  higher_is_better=True, n=measured.n, ci_low=measured.ci_low,
+                                  ci_high=measured.ci_high, status=OK,
+                                  details=canonical_json({**measured.extra, "companion_cell": other,
+                                                          "companion_params": json.loads(cells[other]["params"])}))])
         added += 1
     return added

@@ -20,7 +20,7 @@ from typing import Any
 from bench import provenance
 from bench.config import CompressorSpec, ConfigError, Matrix, TaskSpec
 from bench.executors import CellOutcome, LocalExecutor, RayExecutor
-from bench.paired import SCORES_DIR, add_paired_rows
+from bench.paired import COMPANIONS, SCORES_DIR, add_companion_rows, add_paired_rows
 from bench.results import (
     ERROR,
     OK,
@@ -39,7 +39,8 @@ BASELINE = "identity"
 
 
 # Everything that changes a measurement besides the cell itself: a resumed run must match these.
-SETTINGS = ("seed", "threads", "latency_warmup", "latency_min_iters", "latency_min_seconds", "bootstrap")
+SETTINGS = ("seed", "threads", "latency_warmup", "latency_min_iters", "latency_min_seconds", "bootstrap",
+            "max_train_steps")
 
 
 def normalized(compressor: CompressorSpec) -> CompressorSpec:
@@ -68,30 +69,62 @@ def cell_label(task: TaskSpec, compressor: CompressorSpec, device: str) -> str:
     return f"{task.name}/{task.model}/{compressor.label}/{device}"
 
 
-def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None) -> list[dict[str, Any]]:
-    """Every (task, device, compressor) cell, grouped by task so a model's cache stays warm."""
+def with_companions(compressors: list[CompressorSpec]) -> tuple[list[CompressorSpec], dict[int, int]]:
+    """The compressors plus every companion one of them asks for (`Compressor.companion`) that is missing.
+
+    Returns (compressors, {index of a compressor: index of its companion}).
+    """
+    from compressors import build
+
+    specs = list(compressors)
+    pairs: dict[int, int] = {}
+    for index, spec in enumerate(list(specs)):
+        wanted = build(spec.name, spec.params).companion()
+        if wanted is None:
+            continue
+        companion = normalized(CompressorSpec(*wanted))
+        if companion not in specs:
+            specs.append(companion)
+        pairs[index] = specs.index(companion)
+    return specs, pairs
+
+
+def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None,
+               keep_artifacts_in: Path | None = None) -> list[dict[str, Any]]:
+    """Every (task, device, compressor) cell, grouped by task so a model's cache stays warm.
+
+    A compressor's companion (e.g. the no-teacher student of a distillation variant) is
+    added when the matrix lacks it, and its cell runs whenever the variant's cell does.
+    With `keep_artifacts_in`, each cell saves its artifact to <that folder>/<cell id>.
+    """
     from bench.zoo import LoadPolicy
 
     policy = dataclasses.asdict(LoadPolicy.from_env())  # trust_remote_code, allow_pickle
+    compressors, pairs = with_companions([normalized(c) for c in matrix.compressors])
     cells = []
     seen: set[str] = set()
     for task in matrix.tasks:
         for device in devices:
-            for compressor in map(normalized, matrix.compressors):
-                if cell_id(task, compressor, device) in seen:  # two spellings of one variant: one cell
+            labels = [cell_label(task, c, device) for c in compressors]
+            wanted = {i for i, label in enumerate(labels)
+                      if not only or fnmatch.fnmatch(label, only) or only in label}
+            wanted |= {pairs[i] for i in wanted if i in pairs}
+            for index, compressor in enumerate(compressors):
+                cid = cell_id(task, compressor, device)
+                if cid in seen or index not in wanted:  # two spellings of one variant: one cell
                     continue
-                seen.add(cell_id(task, compressor, device))
-                label = cell_label(task, compressor, device)
-                if only and not fnmatch.fnmatch(label, only) and only not in label:
-                    continue
+                seen.add(cid)
                 cells.append({
-                    "id": cell_id(task, compressor, device), "label": label, "task": asdict(task),
+                    "id": cid, "label": labels[index], "task": asdict(task),
                     "compressor": asdict(compressor), "device": device, "seed": matrix.seed,
                     "threads": matrix.effective_threads(), "latency_warmup": matrix.latency_warmup,
                     "latency_min_iters": matrix.latency_min_iters,
                     "latency_min_seconds": matrix.latency_min_seconds, "bootstrap": matrix.bootstrap,
+                    "max_train_steps": matrix.max_train_steps,
                     # travel with the cell, so a Ray cluster reached through RAY_ADDRESS applies them too
                     "memory_limit_mb": matrix.cell_memory_limit_mb, **policy,
+                    "companion": cell_id(task, compressors[pairs[index]], device) if index in pairs else None,
+                    "keep_artifact": str(keep_artifacts_in / cid) if keep_artifacts_in else None,
                 })
     return cells
 
@@ -150,12 +183,16 @@ def prepare_task(task: dict[str, Any], seed: int) -> str | None:
 
 def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, ...], *,
                executor: str = "local", resume: bool = False, only: str | None = None,
-               progress: bool = True) -> Path:
-    """Run every cell not yet on disk; returns the run directory."""
+               progress: bool = True, keep_artifacts: bool = False) -> Path:
+    """Run every cell not yet on disk; returns the run directory.
+
+    With `keep_artifacts`, every variant's saved artifact stays in run_dir/artifacts/<cell id>/
+    (its path is in the rows' details as "artifact"; `compressors.artifacts.load_artifact` reloads it).
+    """
     from tqdm import tqdm
 
     run_dir = out_dir / run_id
-    cells = plan_cells(matrix, devices, only)
+    cells = plan_cells(matrix, devices, only, run_dir / "artifacts" if keep_artifacts else None)
     settings = measurement_settings(matrix)
     previous = read_manifest(run_dir) if resume else {}
     if previous.get("settings"):
@@ -180,6 +217,8 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     manifest = previous or provenance.manifest(matrix, run_id)
     manifest["settings"] = settings
     manifest["cells"] = {**manifest.get("cells", {}), **{c["id"]: c["label"] for c in cells}}
+    manifest[COMPANIONS] = {**manifest.get(COMPANIONS, {}),
+                            **{c["id"]: c["companion"] for c in cells if c["companion"]}}
     write_manifest(run_dir, manifest)
     if done:
         print(f"resuming {run_id}: {len(cells) - len(todo)} of {len(cells)} cells already on disk", file=sys.stderr)
@@ -218,6 +257,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
         bar.update(1)
     bar.close()
     add_paired_rows(run_dir)
+    add_companion_rows(run_dir, manifest[COMPANIONS])
 
     manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_manifest(run_dir, manifest)

@@ -18,11 +18,13 @@ import torch.nn.functional as F
 
 from bench.config import TaskSpec
 from bench.measure import Measurement
-from bench.zoo.data import TextDataset, load_dataset, pair_datasets, split_dataset
+from bench.zoo.data import TextDataset, load_dataset, pair_datasets, split_dataset, validation_split
 from compressors.base import CAUSAL_LM, CLASSIFICATION, Batch, Model
 
 EVAL_BATCH_SIZE = 16
 CALIBRATION_BATCH_SIZE = 8
+VALIDATION_FRACTION = 0.1  # of the train split, held out of training for keep-best and early stopping
+HIDDEN = -1  # the label of an example whose label the low-label setting hides
 
 
 def load_splits(spec: TaskSpec, seed: int) -> tuple[TextDataset, TextDataset]:
@@ -110,6 +112,26 @@ class Task:
     def kind(self) -> str:
         return self.spec.type
 
+    @property
+    def num_labels(self) -> int | None:
+        return len(self.train.label_names) if self.kind == CLASSIFICATION else None
+
+    @cached_property
+    def _fit_and_validation(self) -> tuple[TextDataset, TextDataset]:
+        """The train split divided once: (training part, validation part), seeded and stratified."""
+        return validation_split(self.train, VALIDATION_FRACTION, self.seed)
+
+    @cached_property
+    def _lm_windows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training windows, validation windows) of the train stream: a seeded tenth held out."""
+        windows = self._windows(self.train_tokens)
+        if len(windows) < 2:
+            raise ValueError(f"task {self.spec.name!r}: the train split gives {len(windows)} window(s) of "
+                             f"{self.spec.seq_len} tokens; training needs at least 2 (lower seq_len or use more text)")
+        order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(self.seed))
+        held = max(1, round(len(windows) * VALIDATION_FRACTION))
+        return windows[order[held:].sort().values], windows[order[:held].sort().values]
+
     # ---- tokenization ---------------------------------------------------------------
     def _encode(self, texts: list[str]) -> Batch:
         # Fixed padding to max_length: every batch has one shape, so latency and
@@ -181,27 +203,74 @@ class Task:
         for start in range(0, len(chosen), CALIBRATION_BATCH_SIZE):
             yield self._encode([self.train.texts[i] for i in chosen[start:start + CALIBRATION_BATCH_SIZE]])
 
-    def train_batches(self, batch_size: int, epochs: int, seed: int) -> Iterator[tuple[Batch, torch.Tensor]]:
-        """Shuffled (inputs, labels) from the train split; LM labels are the input ids."""
+    def _labelled_split(self, label_fraction: float) -> tuple[list[int], list[int]]:
+        """(labelled, hidden) indices of the training part: a seeded, stratified `label_fraction` keeps labels."""
+        fit = self._fit_and_validation[0]
+        order = stratified_order(fit.labels, len(fit.texts), self.seed + 1)
+        keep = len(order) if label_fraction >= 1 else max(len(fit.label_names), round(len(order) * label_fraction))
+        return sorted(order[:keep]), sorted(order[keep:])
+
+    def _check_fraction(self, label_fraction: float) -> None:
+        if not 0 < label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
+        if self.kind == CAUSAL_LM and label_fraction != 1:
+            raise ValueError("label_fraction applies to classification; a causal LM's labels are its own tokens")
+
+    def train_size(self, label_fraction: float = 1.0, unlabelled: bool = False) -> int:
+        """Examples (causal LM: windows) one epoch of `train_batches` yields with these arguments."""
+        self._check_fraction(label_fraction)
+        if self.kind == CAUSAL_LM:
+            return len(self._lm_windows[0])
+        labelled, hidden = self._labelled_split(label_fraction)
+        return len(labelled) + (len(hidden) if unlabelled else 0)
+
+    def train_batches(self, batch_size: int, epochs: int, seed: int, label_fraction: float = 1.0,
+                      unlabelled: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """Shuffled (inputs, labels) from the training part of the train split (validation held out).
+
+        LM labels are the input ids. With `label_fraction` < 1 only a seeded, stratified share
+        keeps its labels; the rest is left out, or with `unlabelled` yielded with label -1.
+        """
+        self._check_fraction(label_fraction)
         generator = torch.Generator().manual_seed(seed)
         if self.kind == CAUSAL_LM:
-            windows = self._windows(self.train_tokens)
+            windows = self._lm_windows[0]
             for _ in range(epochs):
                 for index in torch.randperm(len(windows), generator=generator).split(batch_size):
                     ids = windows[index]
                     yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ids
             return
-        labels = torch.tensor(self.train.labels)
+        fit = self._fit_and_validation[0]
+        labelled, hidden = self._labelled_split(label_fraction)
+        examples = labelled + (hidden if unlabelled else [])
+        labels = torch.tensor(fit.labels)
+        labels[hidden] = HIDDEN
+        examples_t = torch.tensor(examples)
         for _ in range(epochs):
-            for index in torch.randperm(len(labels), generator=generator).split(batch_size):
-                yield self._encode([self.train.texts[i] for i in index.tolist()]), labels[index]
+            for index in examples_t[torch.randperm(len(examples_t), generator=generator)].split(batch_size):
+                yield self._encode([fit.texts[i] for i in index.tolist()]), labels[index]
+
+    def validation_batches(self, batch_size: int) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """(inputs, labels) of the validation part of the train split, fixed order (LM: held-out windows)."""
+        if self.kind == CAUSAL_LM:
+            windows = self._lm_windows[1]
+            for start in range(0, len(windows), batch_size):
+                ids = windows[start:start + batch_size]
+                yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ids
+            return
+        validation = self._fit_and_validation[1]
+        labels = torch.tensor(validation.labels)
+        for start in range(0, len(labels), batch_size):
+            yield (self._encode(list(validation.texts[start:start + batch_size])),
+                   labels[start:start + batch_size])
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy: per example (classification) or per next token (LM)."""
+        """Cross-entropy: per example (classification) or per next token (LM); labels of -1 are ignored."""
         if self.kind == CAUSAL_LM:
             # logits (B, T, V) predict tokens 1..T-1 of labels (B, T)
-            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
-        return F.cross_entropy(logits.float(), labels)
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                   ignore_index=HIDDEN)
+        return F.cross_entropy(logits.float(), labels, ignore_index=HIDDEN)
 
     # ---- what the runner uses ----------------------------------------------------------
     def latency_batch(self) -> Batch:

@@ -58,7 +58,8 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     compressor = build(comp.name, comp.params)
     with tempfile.TemporaryDirectory(prefix="compbench-cell-") as scratch:
         ctx = CompressContext(data=task, device=device, seed=seed, teacher=baseline,
-                              work_dir=Path(scratch), threads=threads)
+                              work_dir=Path(scratch), threads=threads, budget_cap=_budget_cap(cell),
+                              load_student=partial(_load_student, spec, task, seed, policy))
         started = time.perf_counter()
         try:
             compressed = compressor.compress(baseline, ctx)
@@ -78,7 +79,10 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
             extra["calibration"] = task.coverage_notes["calibration"]
         out: list[Measurement | tuple[str, str]] = [
             Measurement("compress_seconds", time.perf_counter() - started, "s", False, n=1, extra=extra)]
-        out += size_measurements(compressed, compressed.save(Path(scratch) / "artifact"))
+        if cell.get("keep_artifact"):  # `compbench run --keep-artifacts`: the artifact outlives the cell
+            extra["artifact"] = cell["keep_artifact"]
+        artifact = compressed.save(Path(cell.get("keep_artifact") or Path(scratch) / "artifact"))
+        out += size_measurements(compressed, artifact)
 
         batch = task.latency_batch()
         reference = baseline.to(device)
@@ -104,6 +108,21 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
                     m.extra.setdefault("provenance", provenance)
         cell["runtime"] = compressed.runtime
     return out
+
+
+def _budget_cap(cell: dict[str, Any]):
+    """The run's cap on training-based methods (`max_train_steps`, e.g. from --quick), or None."""
+    from compressors.train import Budget
+
+    steps = cell.get("max_train_steps")
+    return Budget(epochs=float("inf"), max_steps=steps) if steps else None
+
+
+def _load_student(spec, task, seed: int, policy, name: str):
+    """A student for distillation: model `name` NOT fine-tuned on the task (a new head for its labels)."""
+    from bench.zoo.models import load_student
+
+    return load_student(name, spec.type, num_labels=task.num_labels, seed=seed, policy=policy)
 
 
 def _decode(task, baseline, compressed, device: str) -> list[Measurement | tuple[str, str]]:

@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -289,19 +289,36 @@ class TorchModel(Model):
 class TaskData(Protocol):
     """What a compressor may read of the task (implemented by `bench.tasks`).
 
-    All batches are already tokenized with the model's tokenizer and live on the CPU.
+    All batches are already tokenized with the model's tokenizer and live on the CPU. The
+    train split is divided once, seeded and stratified, into a training part and a
+    validation part (for keep-best and early stopping); the test split is never visible.
     """
 
     kind: str
+    num_labels: int | None  # classification: how many classes; None for causal LMs
 
     def calibration_batches(self, num_batches: int) -> Iterator[Batch]:
         """Inputs from the train split (never the evaluation split), fixed order."""
 
-    def train_batches(self, batch_size: int, epochs: int, seed: int) -> Iterator[tuple[Batch, torch.Tensor]]:
-        """(inputs, labels) from the train split, shuffled with `seed`."""
+    def train_batches(self, batch_size: int, epochs: int, seed: int, label_fraction: float = 1.0,
+                      unlabelled: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """(inputs, labels) from the training part of the train split, shuffled with `seed`.
+
+        Args:
+            label_fraction: keep the labels of this seeded, label-stratified share of the
+                training part (the low-label setting); the rest is dropped, or, with
+                `unlabelled`, yielded too with label -1 (hidden, e.g. for a teacher to label).
+                Causal LMs: labels are the input ids; only 1.0 is allowed.
+        """
+
+    def train_size(self, label_fraction: float = 1.0, unlabelled: bool = False) -> int:
+        """Examples (causal LM: windows) one epoch of `train_batches` with these arguments yields."""
+
+    def validation_batches(self, batch_size: int) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """(inputs, labels) of the validation part of the train split, fixed order."""
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The task's training loss on a batch."""
+        """The task's training loss on a batch (labels of -1 are ignored)."""
 
 
 @dataclass
@@ -309,13 +326,17 @@ class CompressContext:
     """Everything a compressor may use besides the model.
 
     Attributes:
-        data: the task's train-split data (calibration, training).
+        data: the task's train-split data (calibration, training, validation).
         device: where compression runs and the result will run ("cpu" | "cuda").
         seed: for anything random.
         teacher: for distillation; the uncompressed model by default.
         work_dir: scratch space that lives as long as the cell (exports, calibration files).
         threads: CPU threads the benchmark uses (runtimes that build sessions need it).
-        max_seconds: time budget for training-based methods (None = no limit).
+        budget_cap: a limit the run puts on every training-based method (e.g. `--quick`); a
+            method trains for the smaller of its own budget and this (`compressors.train.capped`).
+        load_student: `load_student(name)` -> a `Model` for a zoo name, local directory or
+            hf:<id>, NOT fine-tuned on the task (classifiers get a new, seeded head); injected
+            by the runner's worker, since `compressors` never imports `bench`.
     """
 
     data: TaskData | None
@@ -324,7 +345,8 @@ class CompressContext:
     teacher: Model | None = None
     work_dir: Path = field(default_factory=lambda: Path("."))
     threads: int = 1
-    max_seconds: float | None = None
+    budget_cap: Any = None  # compressors.train.Budget | None (train imports this module)
+    load_student: Callable[[str], Model] | None = None
 
 
 class Compressor(ABC):
@@ -343,3 +365,13 @@ class Compressor(ABC):
     @abstractmethod
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         """Return the compressed copy of `model`."""
+
+    def companion(self) -> tuple[str, dict[str, Any]] | None:
+        """Another variant this one must always be measured beside, as (name, params), or None.
+
+        Distillation returns the same student trained with the same budget, seed and data
+        but without the teacher: a KD number means nothing without it. The runner adds the
+        companion's cell when the matrix lacks it and reports this cell's paired difference
+        from it (`gain_vs_companion`).
+        """
+        return None

@@ -44,6 +44,18 @@ class Budget:
         return min(steps, self.max_steps) if self.max_steps else steps
 
 
+def capped(budget: Budget, cap: Budget | None) -> Budget:
+    """The smaller of `budget` and a run-wide `cap` (CompressContext.budget_cap), limit by limit."""
+    if cap is None:
+        return budget
+
+    def smaller(a, b):
+        return b if a is None else a if b is None else min(a, b)
+
+    return Budget(epochs=min(budget.epochs, cap.epochs), max_steps=smaller(budget.max_steps, cap.max_steps),
+                  max_seconds=smaller(budget.max_seconds, cap.max_seconds))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Optimiser and schedule. lr: peak learning rate after warm-up; schedule: "linear" | "cosine"."""

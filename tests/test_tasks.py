@@ -1,5 +1,6 @@
 """bench.tasks: stratified sampling, batch shapes and labels, the LM loss shift, coverage of streams."""
 
+import math
 from collections import Counter
 
 import pytest
@@ -58,7 +59,46 @@ def test_train_batches_shapes_and_labels(tokenizer):
         assert inputs["input_ids"].shape[1] == 12 and inputs["attention_mask"].shape == inputs["input_ids"].shape
         assert len(labels) == len(inputs["input_ids"])
         seen += labels.tolist()
-    assert Counter(seen) == {0: 10, 1: 10, 2: 10}
+    # 5 per class; a tenth of train, at least one per class, is held out for validation
+    assert Counter(seen) == {0: 8, 1: 8, 2: 8}
+    assert task.train_size() == 12
+
+
+def test_validation_is_carved_from_train_and_never_trained_on(tokenizer):
+    data = class_by_class(10)
+    task = Task(TaskSpec("t", "tiny-bert", max_length=12), data, data, tokenizer)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    trained = {decode(ids) for inputs, _ in task.train_batches(4, 1, 0) for ids in inputs["input_ids"]}
+    held = [(decode(ids), int(y)) for inputs, labels in task.validation_batches(4)
+            for ids, y in zip(inputs["input_ids"], labels, strict=True)]
+    assert len(held) == 3 and sorted(y for _, y in held) == [0, 1, 2]  # one per class, stratified
+    assert not trained & {text for text, _ in held}
+    assert task.num_labels == 3
+
+
+def test_label_fraction_hides_labels_stratified(tokenizer):
+    data = class_by_class(20)
+    task = Task(TaskSpec("t", "tiny-bert", max_length=12), data, data, tokenizer)
+    labelled = [int(y) for _, labels in task.train_batches(8, 1, 0, label_fraction=0.2) for y in labels]
+    assert Counter(labelled) == {0: 4, 1: 4, 2: 3} and task.train_size(0.2) == 11  # 20% of 54, round-robin
+    everything = [int(y) for _, labels in task.train_batches(8, 1, 0, label_fraction=0.2, unlabelled=True)
+                  for y in labels]
+    assert Counter(everything) == {0: 4, 1: 4, 2: 3, -1: 43} and task.train_size(0.2, unlabelled=True) == 54
+    logits = torch.zeros(2, 3)
+    assert task.loss(logits, torch.tensor([0, -1])).item() == pytest.approx(math.log(3))  # hidden label ignored
+    with pytest.raises(ValueError, match="label_fraction must be in"):
+        task.train_size(0.0)
+
+
+def test_lm_validation_windows_are_held_out(tokenizer):
+    spec = TaskSpec("lm", "tiny-llama", type=CAUSAL_LM, seq_len=8)
+    task = Task(spec, class_by_class(10), class_by_class(2), tokenizer)
+    train = torch.cat([ids for _, ids in task.train_batches(4, 1, 0)])
+    held = torch.cat([ids for _, ids in task.validation_batches(4)])
+    assert len(train) == task.train_size() and len(held) >= 1
+    assert not {tuple(r) for r in train.tolist()} & {tuple(r) for r in held.tolist()}
+    with pytest.raises(ValueError, match="causal LM"):
+        task.train_size(0.5)
 
 
 def test_lm_loss_predicts_the_next_token(tokenizer):
