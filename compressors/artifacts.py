@@ -28,6 +28,7 @@ CONV1D_AS_LINEAR = "compbench_conv1d_as_linear"  # root attribute set by surgery
 ATTRIBUTES = "compbench_attributes"  # on the root module: {submodule name: {attribute: value}}
 
 _LAYERS: dict[str, type[nn.Module]] = {}
+_ARCHITECTURES: dict[str, type[nn.Module]] = {}
 
 
 class ArtifactError(ValueError):
@@ -41,6 +42,20 @@ def artifact_layer(key: str):
             raise ValueError(f"artifact layer type {key!r} is already registered by {_LAYERS[key].__name__}")
         cls.artifact_key = key
         _LAYERS[key] = cls
+        return cls
+    return decorate
+
+
+def artifact_architecture(name: str):
+    """Class decorator: register a root module type that is not a transformers model (e.g. an MLP).
+
+    `describe` records `config.architectures[0]` (or the class name); a registered class rebuilds
+    itself from the saved config.json with classmethod `from_artifact_config(config: dict) -> nn.Module`.
+    """
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _ARCHITECTURES and _ARCHITECTURES[name] is not cls:
+            raise ValueError(f"artifact architecture {name!r} is already registered by {_ARCHITECTURES[name].__name__}")
+        _ARCHITECTURES[name] = cls
         return cls
     return decorate
 
@@ -132,12 +147,18 @@ def _skeleton(directory: Path, info: dict[str, Any]) -> nn.Module:
     import transformers
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(directory, local_files_only=True)
-    cls = getattr(transformers, info["architecture"], None)
-    if cls is None:
-        raise ArtifactError(f"{directory}: unknown architecture {info['architecture']!r} in {ARTIFACT_FILE}")
-    with torch.random.fork_rng(devices=[]):
-        module = cls._from_config(config)
+    own = _ARCHITECTURES.get(info["architecture"])
+    if own is not None:  # compbench's own root modules (bench.zoo.mlp registers its MLP on import)
+        with torch.random.fork_rng(devices=[]):
+            module = own.from_artifact_config(json.loads((directory / "config.json").read_text(encoding="utf-8")))
+    else:
+        cls = getattr(transformers, info["architecture"], None)
+        if cls is None:
+            raise ArtifactError(f"{directory}: unknown architecture {info['architecture']!r} in {ARTIFACT_FILE} "
+                                "(compbench's own models register when their module is imported, e.g. bench.zoo.mlp)")
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            module = cls._from_config(config)
     from compressors.surgery import conv1d_to_linear_, set_submodule_
 
     if info.get("attributes", {}).get("", {}).get(CONV1D_AS_LINEAR):
