@@ -39,9 +39,10 @@ def load_vector_splits(spec: TaskSpec, seed: int) -> tuple[VectorDataset, Vector
     """(train, test) of a vector task, with its train_limit / eval_limit applied (see `vector_splits`).
 
     Raises:
-        ZooError: a `test_dataset` (vector datasets bring their own held-out split or none), a
-            causal-lm type, or a dataset that cannot be loaded.
+        ZooError: a model that is not one of the zoo's MLPs, a `test_dataset` (vector datasets
+            bring their own held-out split or none), a causal-lm type, or a dataset that cannot be loaded.
     """
+    check_vector_model(spec)
     if spec.type != CLASSIFICATION:
         raise ZooError(f"task {spec.name!r}: dataset {spec.dataset!r} holds images with class labels; "
                        f"its type must be {CLASSIFICATION!r}, got {spec.type!r}")
@@ -49,6 +50,19 @@ def load_vector_splits(spec: TaskSpec, seed: int) -> tuple[VectorDataset, Vector
         raise ZooError(f"task {spec.name!r}: dataset {spec.dataset!r} has its own held-out split; remove "
                        "test_dataset")
     return vector_splits(spec.dataset, seed, spec.test_fraction, spec.train_limit, spec.eval_limit)
+
+
+def check_vector_model(spec: TaskSpec) -> None:
+    """A vector task's model must be one of the zoo's MLPs (text models cannot read pixels).
+
+    Raises:
+        ZooError: one line naming the models that fit.
+    """
+    from bench.zoo.mlp import MLP_ZOO
+
+    if spec.model not in MLP_ZOO:
+        raise ZooError(f"task {spec.name!r} classifies feature vectors ({spec.dataset}); its model must be an MLP "
+                       f"of the zoo ({', '.join(MLP_ZOO)}), got {spec.model!r}")
 
 
 def counts(ds: VectorDataset, index: Sequence[int]) -> dict[str, Any]:

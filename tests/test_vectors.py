@@ -161,6 +161,7 @@ def test_fashion_mnist_standard_split():
     assert (len(train), len(test), train.dim, train.image_shape) == (60000, 10000, 784, (28, 28))
     assert np.bincount(train.labels).tolist() == [6000] * 10 and np.bincount(test.labels).tolist() == [1000] * 10
     assert train.label_names[0] == "T-shirt/top" and 0 <= train.features.min() and train.features.max() <= 1
+    assert len(vectors_module.vector_dataset_hash("fashion-mnist")) == 64
 
 
 @pytest.mark.parametrize("call, match", [
@@ -171,6 +172,8 @@ def test_fashion_mnist_standard_split():
      "remove test_dataset"),
     (lambda: load_vector_splits(TaskSpec(name="d", model="mlp-30x2", dataset="digits", type="causal-lm"), 0),
      "must be 'classification'"),
+    (lambda: load_vector_splits(TaskSpec(name="d", model="minilm-l6", dataset="digits"), 0), "must be an MLP"),
+    (lambda: load_mlp("mlp-30x2", None, fine_tune=False), "needs the task's training data"),
 ])
 def test_bad_input_is_one_line(call, match):
     with pytest.raises(ZooError, match=match) as info:

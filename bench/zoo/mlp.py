@@ -292,9 +292,12 @@ def load_mlp(name: str, train: VectorDataset, seed: int = 0, fine_tune: bool = T
              device: str = "cpu") -> TorchModel:
     """Zoo MLP `name` for a vector task: trained on `train` (the baseline; cached) or, with
     `fine_tune=False`, untrained (a student), shaped for `train`'s inputs and classes."""
+    if train is None:
+        raise ZooError(f"model {name!r} is an MLP: loading it needs the task's training data (its input width "
+                       "and classes); pass train_data")
     if not isinstance(train, VectorDataset):
         raise ZooError(f"model {name!r} is an MLP over feature vectors: use it with a vector task "
-                       f"(digits, fashion-mnist), not with {type(train).__name__ or 'no'} data")
+                       f"(digits, fashion-mnist), not with {getattr(train, 'name', type(train).__name__)!r}")
     if not fine_tune:
         return untrained_mlp(name, train.dim, len(train.label_names), seed, train.image_shape).to(device)
     return trained_mlp(name, train, seed, progress=progress).to(device)

@@ -100,6 +100,13 @@ def load_vector_dataset(name: str) -> tuple[VectorDataset, VectorDataset | None]
     raise ZooError(f"unknown vector dataset {name!r}: use {' or '.join(VECTOR_DATASETS)}")
 
 
+def vector_dataset_hash(name: str) -> str:
+    """sha256 identifying all of a vector dataset's examples (what a run's manifest records)."""
+    data, held_out = load_vector_dataset(name)
+    parts = [data.source_hash] + ([] if held_out is None else [held_out.source_hash])
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()
+
+
 def vector_splits(name: str, seed: int = 0, test_fraction: float = 0.3, train_limit: int | None = None,
                   eval_limit: int | None = None) -> tuple[VectorDataset, VectorDataset]:
     """(train, test) of a vector dataset, as a task scores it.
