@@ -110,47 +110,61 @@ def pair_scores(base: dict[str, Any], variant: dict[str, Any], n_boot: int = 100
     return []
 
 
-def read_scores(run_dir: Path, cell_id: str) -> dict[str, Any] | None:
-    path = Path(run_dir) / SCORES_DIR / f"{cell_id}.json"
+def scores_file(run_dir: Path, cell_id: str, stage: int | None = None) -> Path:
+    """Where a cell's per-example scores live: <cell_id>.json for its (last) model, <cell_id>.stage<k>.json
+    for an earlier stage k of a chain."""
+    name = f"{cell_id}.json" if stage is None else f"{cell_id}.stage{stage}.json"
+    return Path(run_dir) / SCORES_DIR / name
+
+
+def read_scores(run_dir: Path, cell_id: str, stage: int | None = None) -> dict[str, Any] | None:
+    path = scores_file(run_dir, cell_id, stage)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def add_paired_rows(run_dir: Path, n_boot: int = 1000) -> int:
-    """Append paired rows for every ok variant cell whose baseline cell has scores and that has none yet.
+    """Append paired rows for every ok variant (cell, stage) whose baseline cell has scores and that has none yet.
 
-    The baseline of a cell is the ok identity cell of the same task, model and device.
-    Returns how many cells gained rows.
+    The baseline of a cell is the ok identity cell of the same task, model and device; every
+    stage of a chain is paired with it. Returns how many (cell, stage) pairs gained rows.
     """
     rows = read_rows(run_dir)
     cells: dict[str, dict[str, Any]] = {}
+    stages: dict[str, set[int]] = {}
     has_pairs, failed = set(), set()
     for row in rows:
         cells.setdefault(row["cell_id"], row)
         if row["metric"] in PAIRED_METRICS:
-            has_pairs.add(row["cell_id"])
-        if row["metric"] == "cell":
+            has_pairs.add((row["cell_id"], row["stage"]))
+        elif row["metric"] == "cell":
             failed.add(row["cell_id"])
+        elif row["status"] == OK:
+            stages.setdefault(row["cell_id"], set()).add(row["stage"])
     baselines = {(r["task"], r["model"], r["device"]): cid for cid, r in cells.items()
                  if r["compressor"] == BASELINE and cid not in failed}
     added = 0
     for cid, first in cells.items():
         base_id = baselines.get((first["task"], first["model"], first["device"]))
-        if base_id is None or cid == base_id or cid in has_pairs or cid in failed:
+        if base_id is None or cid == base_id or cid in failed:
             continue
-        base_scores, scores = read_scores(run_dir, base_id), read_scores(run_dir, cid)
-        if base_scores is None or scores is None:
-            continue
-        try:
-            measured = pair_scores(base_scores, scores, n_boot)
-        except ValueError:
-            continue  # scored on other examples (e.g. a changed eval_limit): nothing to pair
-        common = {k: first[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "stage",
-                                        "device", "runtime", "threads")}
-        append_rows(run_dir, [Row(**common, metric=m.metric, value=m.value, unit=m.unit,
-                                  higher_is_better=m.higher_is_better, n=m.n, ci_low=m.ci_low, ci_high=m.ci_high,
-                                  status=OK, details=canonical_json({**m.extra, "baseline_cell": base_id}))
-                              for m in measured])
-        added += 1
+        base_scores = read_scores(run_dir, base_id)
+        last = max(stages.get(cid, {0}))
+        for stage in sorted(stages.get(cid, ())):
+            scores = read_scores(run_dir, cid, None if stage == last else stage)
+            if (cid, stage) in has_pairs or base_scores is None or scores is None:
+                continue
+            try:
+                measured = pair_scores(base_scores, scores, n_boot)
+            except ValueError:
+                continue  # scored on other examples (e.g. a changed eval_limit): nothing to pair
+            common = {k: first[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "device",
+                                            "runtime", "threads")}
+            append_rows(run_dir, [Row(**common, stage=stage, metric=m.metric, value=m.value, unit=m.unit,
+                                      higher_is_better=m.higher_is_better, n=m.n, ci_low=m.ci_low,
+                                      ci_high=m.ci_high, status=OK,
+                                      details=canonical_json({**m.extra, "baseline_cell": base_id}))
+                                  for m in measured])
+            added += 1
     return added
 
 

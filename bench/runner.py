@@ -20,7 +20,7 @@ from typing import Any
 from bench import provenance
 from bench.config import CompressorSpec, ConfigError, Matrix, TaskSpec
 from bench.executors import CellOutcome, LocalExecutor, RayExecutor
-from bench.paired import COMPANIONS, SCORES_DIR, add_companion_rows, add_paired_rows
+from bench.paired import COMPANIONS, SCORES_DIR, add_companion_rows, add_paired_rows, scores_file
 from bench.results import (
     ERROR,
     OK,
@@ -134,10 +134,12 @@ def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Ro
     task, compressor = cell["task"], cell["compressor"]
     common = dict(run_id=run_id, cell_id=cell["id"], task=task["name"], model=task["model"],
                   compressor=compressor["name"], params=canonical_json(compressor["params"]),
-                  stage=0 if compressor["name"] == BASELINE else 1, device=cell["device"],
+                  device=cell["device"],
                   runtime=outcome.runtime, threads=cell["threads"])
     rows = []
+    default_stage = 0 if compressor["name"] == BASELINE else 1
     for record in outcome.records:
+        common["stage"] = record.get("stage") if record.get("stage") is not None else default_stage
         if record["kind"] == "scores":
             continue  # kept in run_dir/scores/ by `save_scores`, not in the table
         if record["kind"] == "metric-skipped":  # one metric this runtime cannot give, with the reason
@@ -157,14 +159,22 @@ def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Ro
 
 
 def save_scores(run_dir: Path, cell: dict[str, Any], outcome: CellOutcome) -> None:
-    """Write the cell's per-example (per-window) scores to run_dir/scores/<cell_id>.json (before its rows)."""
-    scores = {r["metric"]: r["scores"] for r in outcome.records if r["kind"] == "scores"}
-    if scores:
-        folder = run_dir / SCORES_DIR
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f"{cell['id']}.tmp"
+    """Write the cell's per-example (per-window) scores before its rows: run_dir/scores/<cell_id>.json for
+    its last stage, and <cell_id>.stage<k>.json for the earlier stages of a chain (`scores_file`)."""
+    by_stage: dict[int, dict[str, Any]] = {}
+    for record in outcome.records:
+        if record["kind"] == "scores":
+            by_stage.setdefault(record.get("stage") or 0, {})[record["metric"]] = record["scores"]
+    if not by_stage:
+        return
+    folder = run_dir / SCORES_DIR
+    folder.mkdir(exist_ok=True)
+    last = max(by_stage)
+    for stage, scores in by_stage.items():
+        target = scores_file(run_dir, cell["id"], None if stage == last else stage)
+        tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(scores), encoding="utf-8")
-        tmp.replace(folder / f"{cell['id']}.json")
+        tmp.replace(target)
 
 
 def prepare_task(task: dict[str, Any], seed: int) -> str | None:

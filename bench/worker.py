@@ -42,7 +42,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     from bench.zoo import LoadPolicy
     from bench.zoo.models import load_model
     from compressors import build
-    from compressors.base import CAUSAL_LM, Claim, CompressContext, CompressorUnavailable
+    from compressors.base import CAUSAL_LM, CompressContext, CompressorUnavailable
 
     spec = TaskSpec(**cell["task"])
     comp = CompressorSpec(**cell["compressor"])
@@ -60,54 +60,89 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
         ctx = CompressContext(data=task, device=device, seed=seed, teacher=baseline,
                               work_dir=Path(scratch), threads=threads, budget_cap=_budget_cap(cell),
                               load_student=partial(_load_student, spec, task, seed, policy))
-        started = time.perf_counter()
-        try:
-            compressed = compressor.compress(baseline, ctx)
-        except CompressorUnavailable as exc:
-            return [("skipped", str(exc))]
-        if device == "cuda":
-            torch.cuda.synchronize()
-        # Notes the method attached (e.g. why it is lossy or slow here) travel with the row;
-        # claims travel apart, for the report to print only where the measurements show them.
-        added = [note for note in compressed.notes if note not in baseline.notes]
-        extra: dict[str, Any] = {}
-        if [n for n in added if not isinstance(n, Claim)]:
-            extra["notes"] = [str(n) for n in added if not isinstance(n, Claim)]
-        if [n for n in added if isinstance(n, Claim)]:
-            extra["claims"] = [{"text": str(n), "when": n.when} for n in added if isinstance(n, Claim)]
-        if "calibration" in task.coverage_notes:
-            extra["calibration"] = task.coverage_notes["calibration"]
-        out: list[Measurement | tuple[str, str]] = [
-            Measurement("compress_seconds", time.perf_counter() - started, "s", False, n=1, extra=extra)]
-        if cell.get("keep_artifact"):  # `compbench run --keep-artifacts`: the artifact outlives the cell
-            extra["artifact"] = cell["keep_artifact"]
-        artifact = compressed.save(Path(cell.get("keep_artifact") or Path(scratch) / "artifact"))
-        out += size_measurements(compressed, artifact)
-
+        first_stage = 0 if comp.name == "identity" else 1
+        multi = compressor.stage_count() > 1
+        out: list[Measurement | tuple[str, str]] = []
+        stages: list[tuple[int, Any]] = []
         batch = task.latency_batch()
         reference = baseline.to(device)
-        timings = time_interleaved(
-            {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
-            device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
-            min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
         shape = {"latency_shape": [spec.latency_batch, spec.latency_length]}
-        out += latency_measurements(timings["compressed"], extra=shape)
-        out.append(speedup(timings["baseline"], timings["compressed"]))
-        if spec.type == CAUSAL_LM:
-            out += _decode(task, reference, compressed, device)
+        started = time.perf_counter()
+        try:
+            for stage, (label, compressed) in enumerate(compressor.compress_stages(baseline, ctx), start=first_stage):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - started
+                extra = _notes(compressed, stages[-1][1] if stages else baseline)
+                if multi:
+                    extra["stage_name"] = label
+                if "calibration" in task.coverage_notes:
+                    extra["calibration"] = task.coverage_notes["calibration"]
+                keep = cell.get("keep_artifact")
+                if keep:  # `compbench run --keep-artifacts`: the artifact outlives the cell
+                    keep = str(Path(keep) / f"stage-{stage}") if multi else keep
+                    extra["artifact"] = keep
+                measured = [Measurement("compress_seconds", seconds, "s", False, n=1, extra=extra)]
+                # saved before any forward: some 4-bit formats corrupt when saved after one
+                artifact = compressed.save(Path(keep or Path(scratch) / f"stage-{stage}"))
+                measured += size_measurements(compressed, artifact)
+                timings = time_interleaved(
+                    {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
+                    device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
+                    min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
+                measured += latency_measurements(timings["compressed"], extra=shape)
+                measured.append(speedup(timings["baseline"], timings["compressed"]))
+                if spec.type == CAUSAL_LM:
+                    measured += _decode(task, reference, compressed, device)
+                out += _at_stage(measured, stage)
+                stages.append((stage, compressed))
+                started = time.perf_counter()
+        except CompressorUnavailable as exc:
+            if not stages:
+                return [("skipped", str(exc))]
+            out.append(("skipped", f"stage {len(stages) + first_stage}: {exc}"))  # the finished stages stay measured
 
-        del reference, baseline, ctx
+        del reference, baseline, ctx, compressed
         gc.collect()
-        memory_reset = reset_peak_memory(device)
-        out += task.evaluate(compressed, bootstrap=cell["bootstrap"])
-        out.append(memory_measurement(device, reset=memory_reset))
-        provenance = getattr(compressed, "provenance", None)
-        if provenance:
-            for m in out:
-                if isinstance(m, Measurement):
-                    m.extra.setdefault("provenance", provenance)
-        cell["runtime"] = compressed.runtime
+        while stages:  # each stage's quality; a stage's model is released once scored
+            stage, compressed = stages.pop(0)
+            memory_reset = reset_peak_memory(device)
+            measured = task.evaluate(compressed, bootstrap=cell["bootstrap"])
+            memory = memory_measurement(device, reset=memory_reset)
+            if stages:
+                memory.extra["note"] = "the later stages' models were held in memory too"
+            measured.append(memory)
+            provenance = getattr(compressed, "provenance", None)
+            out += _at_stage(measured, stage)
+            if provenance:
+                for m in out:
+                    if isinstance(m, Measurement) and m.stage == stage:
+                        m.extra.setdefault("provenance", provenance)
+            cell["runtime"] = compressed.runtime
+            del compressed
+            gc.collect()
     return out
+
+
+def _notes(compressed, previous) -> dict[str, Any]:
+    """Notes a method attached (why it is lossy or slow here) travel with the row; claims travel apart,
+    for the report to print only where the measurements show them."""
+    from compressors.base import Claim
+
+    added = [note for note in compressed.notes if note not in previous.notes]
+    extra: dict[str, Any] = {}
+    if [n for n in added if not isinstance(n, Claim)]:
+        extra["notes"] = [str(n) for n in added if not isinstance(n, Claim)]
+    if [n for n in added if isinstance(n, Claim)]:
+        extra["claims"] = [{"text": str(n), "when": n.when} for n in added if isinstance(n, Claim)]
+    return extra
+
+
+def _at_stage(measured: list, stage: int) -> list:
+    for m in measured:
+        if isinstance(m, Measurement):
+            m.stage = stage
+    return measured
 
 
 def _budget_cap(cell: dict[str, Any]):
@@ -157,7 +192,7 @@ def main(argv: list[str]) -> int:
             scores = record.pop("scores")
             records.append({"kind": "measurement", **record})
             if scores is not None:  # per-example values, kept beside the rows for paired comparisons
-                records.append({"kind": "scores", "metric": item.metric, "scores": scores})
+                records.append({"kind": "scores", "metric": item.metric, "scores": scores, "stage": item.stage})
         elif item[0] == "metric-skipped":
             records.append({"kind": "metric-skipped", "metric": item[1], "reason": item[2]})
         else:

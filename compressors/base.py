@@ -358,6 +358,10 @@ class Compressor(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[CompressorConfig]]
+    # What a chain may feed this method, and what it hands on (checked before a run): "float" (a
+    # plain torch model), "quantized", "sparse", "factorized" (custom torch layers) or "onnx".
+    accepts: ClassVar[tuple[str, ...]] = ("float",)
+    produces: ClassVar[str] = "float"
 
     def __init__(self, config: CompressorConfig):
         self.config = config
@@ -365,6 +369,18 @@ class Compressor(ABC):
     @abstractmethod
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         """Return the compressed copy of `model`."""
+
+    def stage_count(self) -> int:
+        """How many models `compress_stages` yields (a chain: one per stage)."""
+        return 1
+
+    def compress_stages(self, model: Model, ctx: CompressContext) -> Iterator[tuple[str, Model]]:
+        """(stage label, model) after each stage, for the runner to measure each one; one stage by default."""
+        yield self.name, self.compress(model, ctx)
+
+    def output_form(self) -> str:
+        """What `compress` returns (see `accepts`); a method whose output depends on its config overrides this."""
+        return self.produces
 
     def companion(self) -> tuple[str, dict[str, Any]] | None:
         """Another variant this one must always be measured beside, as (name, params), or None.

@@ -23,5 +23,7 @@ class OnnxConfig(CompressorConfig):
 class OnnxExport(Compressor):
     """Export to ONNX and run in ONNX Runtime (fp32; no compression, a different runtime)."""
 
+    produces = "onnx"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         return to_onnx(model, ctx).to(ctx.device)

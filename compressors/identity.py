@@ -17,5 +17,7 @@ class IdentityConfig(CompressorConfig):
 class Identity(Compressor):
     """Returns the model unchanged (the same object: nothing is modified)."""
 
+    accepts = ("float", "quantized", "sparse", "factorized", "onnx")
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         return model.to(ctx.device)

@@ -20,6 +20,8 @@ class Measurement:
         extra: protocol details recorded into the row's details (seq_len, tokens, ...).
         scores: per-example (per-window) values the number was computed from, kept beside
             the rows (run_dir/scores/) so variants can be compared pairwise; not a row.
+        stage: which model of the cell it measures: 0 the baseline, 1..n the stages of a chain
+            (1 for a single method); set by the worker where the measurement is made.
     """
 
     metric: str
@@ -31,3 +33,4 @@ class Measurement:
     ci_high: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] | None = field(default=None, repr=False)
+    stage: int | None = None

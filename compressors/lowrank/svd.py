@@ -84,6 +84,8 @@ def output_skip(module: nn.Module):
 class LowRankSVD(Compressor):
     """Truncated SVD (plain, activation-aware or whitened) of every hidden Linear, stored as two Linears."""
 
+    produces = "factorized"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         if not isinstance(model, TorchModel):
             raise CompressorUnavailable(f"lowrank-svd needs a torch model, got runtime {model.runtime!r}")

@@ -17,6 +17,8 @@ from compressors.registry import register
 class PruneMagnitude(Compressor):
     """Unstructured magnitude pruning; see the module docstring."""
 
+    produces = "sparse"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         cfg = self.config
         module = prepare(model, ctx, self.name)

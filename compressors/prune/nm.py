@@ -50,6 +50,8 @@ class NMConfig(CompressorConfig):
 class PruneNM(Compressor):
     """N:M sparsity; see the module docstring."""
 
+    produces = "sparse"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         cfg = self.config
         module = prepare(model, ctx, self.name)

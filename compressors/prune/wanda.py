@@ -41,6 +41,8 @@ class WandaConfig(UnstructuredConfig):
 class PruneWanda(Compressor):
     """Wanda: pruning by weights and activations, no retraining; see the module docstring."""
 
+    produces = "sparse"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         cfg = self.config
         module = prepare(model, ctx, self.name)

@@ -178,6 +178,8 @@ def _import_bnb():
 class BnbInt8(Compressor):
     """LLM.int8(): int8 weights per output row, outlier activation columns in fp16."""
 
+    produces = "quantized"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         bnb = _import_bnb()
         _quiet_int8_cast_notice()
@@ -193,6 +195,7 @@ class BnbInt8(Compressor):
 
 
 class _Bnb4bit(Compressor):
+    produces = "quantized"
     quant_type: str
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:

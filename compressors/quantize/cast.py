@@ -48,6 +48,8 @@ class Cast(Compressor):
     """Halves the bytes of every float weight. Whether it is faster depends on the hardware:
     on CPUs without native fp16/bf16 matmul it is not (the report shows the measured ratio)."""
 
+    produces = "quantized"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         if not isinstance(model, TorchModel):
             raise CompressorUnavailable(f"cast needs a torch model, got runtime {model.runtime!r}")

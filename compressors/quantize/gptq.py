@@ -236,6 +236,8 @@ class GPTQConfig(CompressorConfig):
 class GPTQ(Compressor):
     """GPTQ weight-only quantization, stored and run like `weight-only`'s packed format."""
 
+    produces = "quantized"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         if not isinstance(model, TorchModel):
             raise CompressorUnavailable(f"gptq needs a torch model, got runtime {model.runtime!r}")

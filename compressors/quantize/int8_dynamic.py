@@ -65,6 +65,13 @@ class Int8DynamicConfig(CompressorConfig):
 class Int8Dynamic(Compressor):
     """int8 Linear weights; activations are quantized on the fly per batch."""
 
+    @property
+    def accepts(self) -> tuple[str, ...]:  # onnxruntime quantizes an exported graph too
+        return ("float", "onnx") if self.config.backend == "onnxruntime" else ("float",)
+
+    def output_form(self) -> str:
+        return "onnx" if self.config.backend == "onnxruntime" else "quantized"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         module_name, function_name = BACKENDS[self.config.backend].split(":")
         try:

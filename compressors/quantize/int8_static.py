@@ -92,6 +92,8 @@ def _reader(feeds: list[dict[str, np.ndarray]]):
 class Int8Static(Compressor):
     """int8 weights and activations with ranges calibrated on train batches (ONNX Runtime, CPU)."""
 
+    produces = "onnx"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -261,6 +261,8 @@ def pack_embeddings_(module: nn.Module, bits: int, group_size: int | None, symme
 class WeightOnly(Compressor):
     """Round-to-nearest int8 / int4 / int3 Linear weights (packed on disk), float activations."""
 
+    produces = "quantized"
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         if not isinstance(model, TorchModel):
             raise CompressorUnavailable(f"weight-only needs a torch model, got runtime {model.runtime!r}")
