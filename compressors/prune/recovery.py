@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressors.base import CAUSAL_LM, CompressContext, CompressorUnavailable, TorchModel, check_range
-from compressors.train import Budget, Recipe, train
+from compressors.train import Budget, Recipe, capped, train
 
 BATCH_SIZE = {CAUSAL_LM: 2}       # LM windows are seq_len tokens each (512 on lm-bbc)
 DEFAULT_BATCH_SIZE = 16           # classification texts (128 tokens on bbc-topic)
@@ -76,7 +76,7 @@ def recover_(module: nn.Module, ctx: CompressContext, settings: RecoverySettings
         return (1 - TEACHER_WEIGHT) * loss + TEACHER_WEIGHT * distill_kl(logits, target)
 
     result = train(module, batches, loss_fn, steps_per_epoch=settings.steps,
-                   budget=Budget(epochs=1, max_steps=settings.steps, max_seconds=ctx.max_seconds),
+                   budget=capped(Budget(epochs=1, max_steps=settings.steps), ctx.budget_cap),
                    recipe=Recipe(lr=settings.lr), device=ctx.device, seed=ctx.seed, desc="recovery", progress=False)
     return {"steps": result.steps, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by,
             "batch_size": batch_size, "lr": settings.lr, "teacher_kl": settings.teacher,
