@@ -101,6 +101,7 @@ class Matrix:
             reserves far more address space than it uses).
         latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget.
         bootstrap: resamples for confidence intervals.
+        compressor_tasks: for each compressor, the tasks its table limits it to (`tasks = [...]`).
         max_train_steps: a cap on the optimizer steps of every training-based method
             (distillation, recovery fine-tunes); None = each method's own budget.
     """
@@ -119,6 +120,13 @@ class Matrix:
     bootstrap: int = 1000
     max_train_steps: int | None = None
     source: str = "<memory>"
+    # per compressor (same order): the task names it runs on, or None for every task
+    compressor_tasks: tuple[tuple[str, ...] | None, ...] = ()
+
+    def runs_on(self, index: int, task: str) -> bool:
+        """Whether compressor `index` applies to task `task` (its table's optional `tasks` list)."""
+        only = self.compressor_tasks[index] if index < len(self.compressor_tasks) else None
+        return only is None or task in only
 
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
@@ -189,8 +197,14 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: task names must be unique, got {names}")
-    compressors = tuple(spec for i, c in enumerate(comps_raw)
-                        for spec in _parse_compressor(c, f"{where}: [[compressor]] #{i + 1}"))
+    compressors, compressor_tasks = [], []
+    for i, c in enumerate(comps_raw):
+        here = f"{where}: [[compressor]] #{i + 1}"
+        only = _compressor_tasks(c, names, here)
+        for spec in _parse_compressor({k: v for k, v in c.items() if k != "tasks"} if isinstance(c, dict) else c,
+                                      here):
+            compressors.append(spec)
+            compressor_tasks.append(only)
     devices = raw.get("devices", ["cpu"])
     if not isinstance(devices, list) or not devices or any(d not in DEVICES for d in devices):
         raise ConfigError(f"{where}: key 'devices' must be a list drawn from {list(DEVICES)}, got {devices!r}")
@@ -209,8 +223,22 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
             values[key] = _number(raw[key], kind, low, f"{where}: key {key!r}")
     if quick:
         values.update(QUICK_MATRIX)
-    return Matrix(tasks=tasks, compressors=compressors, devices=tuple(dict.fromkeys(devices)),
-                  source=source, **values)
+    return Matrix(tasks=tasks, compressors=tuple(compressors), devices=tuple(dict.fromkeys(devices)),
+                  source=source, compressor_tasks=tuple(compressor_tasks), **values)
+
+
+def _compressor_tasks(raw: Any, task_names: list[str], where: str) -> tuple[str, ...] | None:
+    """A [[compressor]] table's optional `tasks = ["bbc-topic"]`: the tasks it runs on (None: all)."""
+    if not isinstance(raw, dict) or "tasks" not in raw:
+        return None
+    only = raw["tasks"]
+    if not isinstance(only, list) or not only or not all(isinstance(t, str) for t in only):
+        raise ConfigError(f"{where}: key 'tasks' must be a non-empty list of task names, got {only!r}")
+    unknown = [t for t in only if t not in task_names]
+    if unknown:
+        raise ConfigError(f"{where}: key 'tasks' names {unknown[0]!r}, which is not a task of this matrix "
+                          f"(tasks: {', '.join(task_names)})")
+    return tuple(only)
 
 
 def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:

@@ -101,13 +101,16 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None
 
     policy = dataclasses.asdict(LoadPolicy.from_env())  # trust_remote_code, allow_pickle
     compressors, pairs = with_companions([normalized(c) for c in matrix.compressors])
+    # a companion runs on the tasks of the variant that asked for it
+    applies = {i: i for i in range(len(matrix.compressors))}
+    applies.update({companion: variant for variant, companion in pairs.items() if companion not in applies})
     cells = []
     seen: set[str] = set()
     for task in matrix.tasks:
         for device in devices:
             labels = [cell_label(task, c, device) for c in compressors]
-            wanted = {i for i, label in enumerate(labels)
-                      if not only or fnmatch.fnmatch(label, only) or only in label}
+            wanted = {i for i, label in enumerate(labels) if matrix.runs_on(applies[i], task.name)
+                      and (not only or fnmatch.fnmatch(label, only) or only in label)}
             wanted |= {pairs[i] for i in wanted if i in pairs}
             for index, compressor in enumerate(compressors):
                 cid = cell_id(task, compressor, device)

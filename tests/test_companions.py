@@ -96,3 +96,14 @@ def test_companion_rows_land_in_the_run(tmp_path):
     (row,) = [r for r in read_rows(tmp_path) if r["metric"] == COMPANION_METRIC]
     assert row["cell_id"] == "taught" and row["value"] == pytest.approx(0.5) and '"companion_cell":"alone"' in \
         row["details"].replace(" ", "")
+
+
+def test_a_compressor_can_be_limited_to_some_tasks(companion_method):
+    raw = {"task": [{"name": "bbc-topic", "model": "tiny-bert"}, {"name": "lm-bbc", "model": "tiny-llama"}],
+           "compressor": [{"name": "identity"}, {"name": companion_method, "tasks": ["bbc-topic"]}]}
+    cells = plan_cells(parse_matrix(raw), ("cpu",))
+    assert sorted(c["label"].split("/")[0] + " " + c["compressor"]["name"] for c in cells) == [
+        "bbc-topic identity", "bbc-topic test-companion", "bbc-topic test-companion", "lm-bbc identity"]
+    raw["compressor"][1]["tasks"] = ["lm-bbx"]
+    with pytest.raises(ConfigError, match="'lm-bbx', which is not a task of this matrix"):
+        parse_matrix(raw)
