@@ -1,8 +1,10 @@
 """What a run's report says, as a list of blocks, and those blocks as Markdown.
 
-`build_document` decides the content once (title, provenance, how to read, per task: model
-notes, a table per device, Pareto plots, skipped and failed cells); `render_markdown` and
-html.render_html only print it.
+`build_document` decides the content once and html.render_html only prints it. Each task opens
+with its answer (per device: the pick under a default budget, the Pareto-optimal variants, the
+Pareto plots), then the full tables (quality; size and speed), per-class recall, distillation
+gains and heat maps, chains stage by stage, and what did not run. A device on which every cell
+was skipped for one reason is one line. How to read the numbers closes the page.
 """
 
 from __future__ import annotations
@@ -14,15 +16,23 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.plots import pareto_plot
+from bench.report.answer import absent_devices, answer_for, answer_table, baseline_noise, pick_text
+from bench.report.chains import chain_cells, chain_table
+from bench.report.distill import gains, kd_table, sweeps
+from bench.report.plots import heatmap_plot, pareto_plot
+from bench.report.recall import COLLAPSE_MARK, recall_table
 from bench.report.tables import (
     ACCURACY_DROP_PT,
+    CLASS_RECALL_DROP_PT,
     NO_SIZE_GAIN,
     PERPLEXITY_RISE,
     QUALITY_LOSS,
+    QUALITY_METRICS,
     SIZE_GAIN_MIN,
     SLOWER,
+    SPEED_WITHIN_NOISE,
     WITHIN_NOISE,
+    Column,
     columns_for,
     groups,
     render_table,
@@ -33,20 +43,35 @@ from bench.report.tables import (
 from bench.results import OK, load, read_manifest
 
 VERSIONED = ("torch", "transformers", "onnxruntime", "optimum", "torchao", "bitsandbytes", "torch-pruning")
+OPENING = ("Each task opens with its answer: the pick under a default budget (at most "
+           f"{ACCURACY_DROP_PT:g} point of accuracy or {PERPLEXITY_RISE:.0%} perplexity lost), the Pareto-optimal "
+           "variants (none of the others is at least as good in quality, size on disk and speed-up at once) and "
+           "two plots; the full tables follow. '#' numbers a variant in every table and plot of its task. "
+           "How to read the numbers: at the end.")
 HOW_TO_READ = (
-    "How to read: ↑ higher is better, ↓ lower is better; brackets hold 95% intervals. Changes in parentheses "
+    "↑ higher is better, ↓ lower is better; brackets hold 95% intervals. Changes in parentheses "
     "are against the baseline (identity) of the same task, model and device: accuracy in percentage points "
     "(pt), perplexity in %, sizes as x smaller. The speed-up is baseline p50 / variant p50, both timed "
     "interleaved in the same process, so it holds on a noisy machine (the baseline against itself shows the "
-    "noise); compare speed with it, not with p50s of separate cells. 'Paired' columns compare each variant "
+    "noise); compare speed with it, not with p50s of separate cells. The Pareto fronts and the pick use it too. "
+    "'Paired' columns compare each variant "
     "with the baseline on the same held-out examples (windows): the difference, with a paired bootstrap "
     "interval; 'answers flipped' is the share of examples whose predicted label changed and 'KL from "
     "baseline' the mean KL divergence of the predicted distributions. 'decode' is tokens/s generating with "
-    "the KV cache (batch 1). Flags: "
+    "the KV cache (batch 1). The pick is the fastest variant (speed-up interval above 1) whose paired quality "
+    "change, as a point estimate, stays within the budget; the smallest such variant is named when it differs. "
+    "Per-class recall: the share of each class's examples predicted as that class; "
+    f"{COLLAPSE_MARK} marks a fall of more than {CLASS_RECALL_DROP_PT:g} points. Distillation: each KD variant "
+    "against the same student trained without the teacher (same budget, seed and data), the gain paired over "
+    "the same examples. Chains: each stage measured as its own model; 'this step' is what that stage changed "
+    "against the one before. Flags: "
     f"'{NO_SIZE_GAIN}' (artifact >= {SIZE_GAIN_MIN:.0%} of the baseline's bytes), '{SLOWER}' (speed-up "
-    f"interval below 1), '{QUALITY_LOSS}' (accuracy down > {ACCURACY_DROP_PT:g} pt or perplexity up > "
-    f"{PERPLEXITY_RISE:.0%}), '{WITHIN_NOISE}' (the paired interval includes no change).")
+    f"interval below 1), '{SPEED_WITHIN_NOISE}' (speed-up interval includes 1), '{QUALITY_LOSS}' (accuracy "
+    f"down > {ACCURACY_DROP_PT:g} pt or perplexity up > {PERPLEXITY_RISE:.0%}), '{WITHIN_NOISE}' (the paired "
+    "interval of the quality change includes no change), 'recall of C -x pt' (class C's recall fell by more "
+    f"than {CLASS_RECALL_DROP_PT:g} points).")
 EMPTY = "Nothing measured yet: this run has no rows (rows.jsonl is missing or empty)."
+SPEEDUP = Column("speedup", "speed-up against the baseline, same process", "ratio", None, True)
 
 
 # The blocks a report is made of: content without markup; each renderer prints them its own way.
@@ -59,12 +84,14 @@ class Heading:
 @dataclass
 class Paragraph:
     text: str
+    kind: str = ""  # "pick": the answer's sentence, set apart on the HTML page
 
 
 @dataclass
 class Table:
     header: list[str]
     rows: list[list[str]]
+    kind: str = ""  # "answer": the short table a task opens with
 
 
 @dataclass
@@ -89,34 +116,27 @@ def build_document(run_dir: Path) -> list[Block]:
     blocks += [Paragraph(line) for line in provenance(manifest)]
     if frame.empty:
         return blocks + [Paragraph(EMPTY)]
-    blocks.append(Paragraph(HOW_TO_READ))
+    blocks.append(Paragraph(OPENING))
     notes = manifest.get("model_notes") or {}
     for task in frame.task.drop_duplicates():
-        blocks += task_section(task, frame[frame.task == task], notes)
-    return blocks
+        blocks += task_section(task, frame[frame.task == task], notes, Path(run_dir))
+    return blocks + [Heading(2, "How to read these numbers"), Paragraph(HOW_TO_READ)]
 
 
-def task_section(task: str, rows: pd.DataFrame, model_notes: dict[str, list[str]]) -> list[Block]:
-    """Model notes, then per device: table, samples, method notes, plots; then what did not run."""
+def task_section(task: str, rows: pd.DataFrame, model_notes: dict[str, list[str]],
+                 run_dir: Path | None = None) -> list[Block]:
+    """Model notes, then per measured device its answer and tables; absent devices in one line each;
+    then the cells that did not run."""
     models = list(rows.model.drop_duplicates())
     blocks: list[Block] = [Heading(2, f"{task} ({', '.join(models)})")]
     blocks += [Paragraph(f"Note on {model}: {note}") for model in models for note in model_notes.get(model, [])]
+    absent = absent_devices(rows)
     for _, device, group in groups(rows):
-        table, columns = variant_table(group), columns_for(group)
-        blocks += [Heading(3, f"{task} on {device}"), Table(*render_table(table, columns))]
-        measured = table[table.status == OK]
-        missing = [m for m in measured.model.drop_duplicates() if not measured[measured.model == m].is_baseline.any()]
-        if missing:
-            blocks.append(Paragraph(f"No measured identity baseline for {', '.join(missing)} on {device}: "
-                                    "no changes or flags for its variants."))
-        samples = sample_note(table)
-        if samples:
-            blocks.append(Paragraph(f"Samples: {samples}."))
-        method_notes = [f"{r.label}: {note}" for r in table.itertuples() for note in r.notes]
-        if method_notes:
-            blocks += [Paragraph("Method notes:"), Bullets(method_notes)]
-        blocks += _plots(task, device, table, columns)
-    failed = rows[rows.status != OK].drop_duplicates("cell_id")
+        if device not in absent:
+            blocks += device_section(task, device, group, run_dir)
+    blocks += [Paragraph(line) for line in absent.values()]
+    failed = rows[(rows.status != OK) & (rows.metric == "cell") & ~rows.device.isin(list(absent))]
+    failed = failed.drop_duplicates("cell_id")
     if len(failed):
         blocks.append(Heading(3, f"{task}: skipped and failed cells"))
         blocks.append(Bullets([f"{variant_label(r.compressor, r.params)} on {r.device} ({r.model}): {r.status}: "
@@ -124,19 +144,93 @@ def task_section(task: str, rows: pd.DataFrame, model_notes: dict[str, list[str]
     return blocks
 
 
-def _plots(task: str, device: str, table: pd.DataFrame, columns: list) -> list[Block]:
+def device_section(task: str, device: str, rows: pd.DataFrame, run_dir: Path | None = None) -> list[Block]:
+    """One (task, device): answer, plots, full tables, per-class recall, distillation, chains."""
+    table, columns = variant_table(rows), columns_for(rows)
+    measured = table.index[table.status == OK]
+    table["number"] = pd.Series(range(1, len(measured) + 1), index=measured, dtype="Int64")
+    numbers = {(r.cell_id, int(r.stage)): int(r.number) for r in table.loc[measured].itertuples()}
+    flags = {(r.cell_id, int(r.stage)): list(r.flags) for r in table.itertuples()}
+    blocks: list[Block] = [Heading(3, f"{task} on {device}")]
+
+    answer = answer_for(rows)
+    blocks.append(Paragraph(pick_text(answer, numbers), kind="pick"))
+    if answer.front:
+        blocks.append(Table(*answer_table(answer, flags, numbers), kind="answer"))
+        noise = baseline_noise(answer)
+        blocks += [Paragraph(noise)] if noise else []
+    blocks += _plots(task, device, table, columns, numbers)
+
+    quality_columns = [c for c in columns if c.metric in QUALITY_METRICS]
+    cost_columns = [c for c in columns if c.metric not in QUALITY_METRICS]
+    blocks += [Heading(4, f"All variants: quality ({task} on {device})"),
+               Table(*render_table(table, quality_columns))]
+    if cost_columns and len(measured):
+        blocks += [Heading(4, f"All variants: size and speed ({task} on {device})"),
+                   Table(*render_table(table.loc[measured], cost_columns, with_flags=False))]
+    missing = [m for m in table.loc[measured].model.drop_duplicates()
+               if not table.loc[measured][table.loc[measured].model == m].is_baseline.any()]
+    if missing:
+        blocks.append(Paragraph(f"No measured identity baseline for {', '.join(missing)} on {device}: "
+                                "no changes or flags for its variants."))
+    samples = sample_note(table)
+    if samples:
+        blocks.append(Paragraph(f"Samples: {samples}."))
+    method_notes = [f"{r.label}: {note}" for r in table.itertuples() for note in r.notes]
+    if method_notes:
+        blocks += [Paragraph("Method notes:"), Bullets(method_notes)]
+
+    recall = recall_table(table, run_dir)
+    if recall:
+        blocks += [Heading(4, f"Per-class recall, % ({task} on {device})"),
+                   Paragraph("A mean can hide a class that collapses: each class's recall, its change against "
+                             f"the baseline in points in parentheses, {COLLAPSE_MARK} where it fell by more than "
+                             f"{CLASS_RECALL_DROP_PT:g} points."),
+                   Table(*recall)]
+    blocks += _distillation(task, device, table)
+    for cell in chain_cells(table):
+        title, header, body = chain_table(table, cell)
+        blocks += [Heading(4, f"{title} ({task} on {device})"), Table(header, body)]
+    return blocks
+
+
+def _distillation(task: str, device: str, table: pd.DataFrame) -> list[Block]:
+    found = gains(table)
+    if not found:
+        return []
+    blocks: list[Block] = [
+        Heading(4, f"Distillation: gain from the teacher ({task} on {device})"),
+        Paragraph("Each KD variant beside the same student trained without the teacher (same budget, seed and "
+                  "data); the gain is their paired difference on the same test examples (windows), with a 95% "
+                  "paired bootstrap interval. Positive: the teacher helps."),
+        Table(*kd_table(table, found))]
+    for sweep in sweeps(table, found):
+        what = f"{sweep.compressor}" + (f", {sweep.fixed}" if sweep.fixed else "")
+        title = f"{task} on {device}: gain from the teacher, {what}"
+        png = heatmap_plot(sweep.grid, sweep.x_name, sweep.x_values, sweep.y_name or "", sweep.y_values, title,
+                           sweep.unit)
+        axes = "-".join(filter(None, [sweep.x_name, sweep.y_name]))
+        name = _slug(f"{task}-{device}-kd-gain-{sweep.compressor}-{axes}-{sweep.fixed}".rstrip("-")) + ".png"
+        alt = f"heat map of the gain from the teacher over {axes}, {what}, {task} on {device}"
+        blocks.append(Image(name, png, alt))
+    return blocks
+
+
+def _plots(task: str, device: str, table: pd.DataFrame, columns: list[Column],
+           numbers: dict[tuple[str, int], int]) -> list[Block]:
     by_metric = {c.metric: c for c in columns}
     quality = by_metric.get("accuracy") or by_metric.get("perplexity")
     if quality is None:
         return []
     blocks: list[Block] = []
-    for cost_metric in ("size_bytes", "latency_p50"):
-        cost = by_metric.get(cost_metric)
-        png = pareto_plot(table, quality, cost, f"{task} on {device}: {quality.title} vs {cost.title}") if cost \
-            else None
+    for axis in (by_metric.get("size_bytes"), SPEEDUP if "speedup" in by_metric else None):
+        if axis is None:
+            continue
+        title = f"{task} on {device}: {quality.title} vs {axis.title.split(' against')[0]}"
+        png = pareto_plot(table, quality, axis, title, numbers)
         if png:
-            name = _slug(f"{task}-{device}-{quality.metric}-vs-{cost_metric}") + ".png"
-            blocks.append(Image(name, png, f"{quality.title} against {cost.title}, {task} on {device}"))
+            name = _slug(f"{task}-{device}-{quality.metric}-vs-{axis.metric}") + ".png"
+            blocks.append(Image(name, png, f"{quality.title} against {axis.title}, {task} on {device}"))
     return blocks
 
 

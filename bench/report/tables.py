@@ -23,8 +23,10 @@ SLOWER_WITHOUT_CI = 0.95  # with no interval, a speed-up below this counts as sl
 ACCURACY_DROP_PT = 1.0
 PERPLEXITY_RISE = 0.05
 REASON_CHARS = 120
+CLASS_RECALL_DROP_PT = 5.0  # a class whose recall falls by more than this is flagged, whatever the mean does
 NO_SIZE_GAIN, SLOWER, QUALITY_LOSS = "no real size gain", "slower than baseline", "quality loss"
-WITHIN_NOISE = "quality change within its paired interval"
+WITHIN_NOISE = "quality change within noise"  # the paired interval includes no change
+SPEED_WITHIN_NOISE = "speed-up within noise"  # the interleaved speed-up's interval includes 1
 PAIRED_QUALITY = {"accuracy_delta": True, "perplexity_change": False}  # metric -> higher is better
 
 
@@ -54,7 +56,10 @@ COLUMNS = (
     Column("perplexity_change", "Δ perplexity, paired", "signed_percent", None, False),
     Column("flip_rate", "answers flipped", "percent", None, False),
     Column("kl_from_baseline", "KL from baseline", "number", None, False),
+    # size and speed: the two the answer rests on first, so they never hide behind a scroll
     Column("size_bytes", "size on disk", "bytes", "factor", False),
+    Column("speedup", "speed-up", "ratio", None, True),
+    Column("decode_speedup", "decode speed-up", "ratio", None, True),
     Column("weight_bytes", "weights", "bytes", "factor", False),
     Column("params", "params", "count"),
     Column("sparsity", "zero weights", "percent"),
@@ -62,14 +67,14 @@ COLUMNS = (
     Column("latency_p50", "p50 latency", "ms", None, False),
     Column("latency_p95", "p95 latency", "ms", None, False),
     Column("throughput", "throughput", "number", None, True),
-    Column("speedup", "speed-up", "ratio", None, True),
     Column("decode_tokens_per_s", "decode", "number", None, True),
-    Column("decode_speedup", "decode speed-up", "ratio", None, True),
     Column("peak_memory_bytes", "peak memory", "bytes", "factor", False),
     Column("compress_seconds", "compress time", "seconds", None, False),
 )
+QUALITY_METRICS = frozenset({"accuracy", "macro_f1", "perplexity", "accuracy_delta", "perplexity_change",
+                             "flip_rate", "kl_from_baseline"})
 # In the data but left out of the table to keep it readable (sparsity says what nonzero_params says).
-HIDDEN = {"cell", "nonzero_params", "latency_p90", "latency_p99"}
+HIDDEN = {"cell", "nonzero_params", "latency_p90", "latency_p99", "gain_vs_companion"}  # the KD table shows the gain
 SAMPLE_WORDS = {"accuracy": "examples", "perplexity": "tokens", "latency_p50": "timed iterations"}
 
 
@@ -134,31 +139,26 @@ def columns_for(rows: pd.DataFrame) -> list[Column]:
 
 
 def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: label, status, per metric its value, ci_low, ci_high, n and delta; flags.
+    """One row per measured (cell, stage): label, status, per metric its value, ci_low, ci_high, n
+    and delta; flags.
 
-    The baseline of each (task, model, device) is its ok identity cell; without one there are no
-    deltas and no flags. Order: baselines, other measured cells, then skipped and failed ones.
+    A chain cell measures every stage; each stage is a variant of its own, labelled
+    "chain (...) · stage k" (a chain's stage-0 rows, its copy of the baseline, are left out: the
+    identity cell stands for them), as `bench.pareto.variants_from_rows` does. The baseline of
+    each (task, model, device) is its ok identity cell; without one there are no deltas and no
+    flags. Order: baselines, other measured cells, then skipped and failed ones.
     """
     records = []
+    rows = rows.assign(stage=pd.to_numeric(rows.stage, errors="coerce").fillna(0).astype(int))
     for cell_id, cell in rows.groupby("cell_id", sort=False):
-        first, bad = cell.iloc[0], cell[cell.status != OK]
-        record: dict[str, Any] = {
-            "cell_id": cell_id, "task": first.task, "model": first.model, "device": first.device,
-            "compressor": first.compressor, "params_json": first.params,  # "params" is a metric
-            "label": variant_label(first.compressor, first.params), "runtime": _text(first.runtime),
-            "status": bad.status.iloc[0] if len(bad) else OK, "reason": _text(bad.reason.iloc[0]) if len(bad) else None,
-            "notes": [], "claims": [], "details": {}}
-        for row in cell[cell.status == OK].itertuples():
-            record[row.metric] = _number(row.value)
-            for part in ("ci_low", "ci_high", "n"):
-                record[f"{row.metric}:{part}"] = _number(getattr(row, part))
-            details = json.loads(row.details) if isinstance(row.details, str) else {}
-            record["notes"] += [note for note in details.pop("notes", []) if note not in record["notes"]]
-            record["claims"] += details.pop("claims", [])
-            details.pop("provenance", None)
-            if details:
-                record["details"][row.metric] = details
-        records.append(record)
+        if (cell.compressor != BASELINE).all():
+            cell = cell[cell.stage > 0] if (cell.stage > 0).any() else cell
+        stages = sorted(cell.stage.unique())
+        for stage in stages:
+            record = _record(cell_id, cell[cell.stage == stage], stage)
+            if len(stages) > 1:
+                record["label"] += f" · stage {stage}"
+            records.append(record)
     table = pd.DataFrame(records)
     if table.empty:
         return table
@@ -172,6 +172,36 @@ def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
             _compare_with_baseline(table, mine, base[0])
     rank = table.is_baseline.map({True: 0, False: 1}) + (table.status != OK).astype(int) * 2
     return table.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def _record(cell_id: str, cell: pd.DataFrame, stage: int) -> dict[str, Any]:
+    """The numbers of one (cell, stage): metric -> value, `<metric>:ci_low|ci_high|n`, details by metric."""
+    first, failed = cell.iloc[0], cell[cell.status != OK]
+    # the cell's own status is its "cell" row; a metric that alone could not be measured (decode speed
+    # of a runtime without a KV cache) leaves the cell ok and becomes a note
+    bad = failed[failed.metric == "cell"] if (failed.metric == "cell").any() or len(failed) < len(cell) else failed
+    record: dict[str, Any] = {
+        "cell_id": cell_id, "stage": int(stage), "task": first.task, "model": first.model, "device": first.device,
+        "compressor": first.compressor, "params_json": first.params,  # "params" is a metric
+        "label": variant_label(first.compressor, first.params), "runtime": _text(first.runtime),
+        "status": bad.status.iloc[0] if len(bad) else OK, "reason": _text(bad.reason.iloc[0]) if len(bad) else None,
+        "notes": [], "claims": [], "details": {}}
+    for row in cell[cell.status == OK].itertuples():
+        record[row.metric] = _number(row.value)
+        for part in ("ci_low", "ci_high", "n"):
+            record[f"{row.metric}:{part}"] = _number(getattr(row, part))
+        record[f"{row.metric}:higher_is_better"] = row.higher_is_better if isinstance(row.higher_is_better, bool) \
+            else None
+        details = json.loads(row.details) if isinstance(row.details, str) else {}
+        record["notes"] += [note for note in details.pop("notes", []) if note not in record["notes"]]
+        record["claims"] += details.pop("claims", [])
+        details.pop("provenance", None)
+        if details:
+            record["details"][row.metric] = details
+    if not len(bad):
+        record["notes"] += [f"{column_for(row.metric).title} not measured ({row.status}): "
+                            f"{truncate(_text(row.reason) or 'no reason recorded')}" for row in failed.itertuples()]
+    return record
 
 
 def _compare_with_baseline(table: pd.DataFrame, index: pd.Index, base: int) -> None:
@@ -218,14 +248,17 @@ def claim_holds(when: str, row: pd.Series) -> bool:
 
 
 def flags(row: pd.Series, baseline: pd.Series) -> list[str]:
-    """Warnings a reader must not miss: no real size gain, slower than baseline, quality loss."""
+    """Warnings a reader must not miss: no real size gain, slower than baseline, quality loss, a class
+    whose recall collapses, and differences that lie within their paired intervals (noise)."""
     out = []
     size, base_size = row.get("size_bytes"), baseline.get("size_bytes")
     if not _missing(size) and not _missing(base_size) and size >= SIZE_GAIN_MIN * base_size:
         out.append(NO_SIZE_GAIN)
-    speed, high = row.get("speedup"), row.get("speedup:ci_high")
+    speed, low, high = row.get("speedup"), row.get("speedup:ci_low"), row.get("speedup:ci_high")
     if not _missing(speed) and (high < 1.0 if not _missing(high) else speed < SLOWER_WITHOUT_CI):
         out.append(SLOWER)
+    elif not _missing(low) and not _missing(high) and low <= 1.0 <= high:
+        out.append(SPEED_WITHIN_NOISE)
     acc, base_acc = row.get("accuracy"), baseline.get("accuracy")
     # the 1e-9 keeps an exact 1.0 pt drop (0.97 -> 0.96 in floats) from counting as more than 1 pt
     acc_loss = not _missing(acc) and not _missing(base_acc) and (base_acc - acc) * 100 > ACCURACY_DROP_PT + 1e-9
@@ -237,7 +270,47 @@ def flags(row: pd.Series, baseline: pd.Series) -> list[str]:
         low, high = row.get(f"{metric}:ci_low"), row.get(f"{metric}:ci_high")
         if not _missing(low) and not _missing(high) and low <= 0 <= high and QUALITY_LOSS not in out:
             out.append(WITHIN_NOISE)
+    mine, base = recall_of(row), recall_of(baseline)
+    drops = {name: (base[name] - value) * 100 for name, value in mine.items()
+             if value is not None and base.get(name) is not None}
+    worst = max(drops, key=drops.get, default=None)
+    if worst is not None and drops[worst] > CLASS_RECALL_DROP_PT:
+        out.append(f"recall of {worst} {-drops[worst]:+.1f} pt")
     return out
+
+
+def recall_of(row: pd.Series | dict[str, Any]) -> dict[str, float | None]:
+    """Per-class recall the accuracy row recorded ({class name: recall}), {} when none was."""
+    details = row.get("details")
+    recall = details.get("accuracy", {}).get("recall") if isinstance(details, dict) else None
+    return dict(recall) if isinstance(recall, dict) else {}
+
+
+def quality_metric(table: pd.DataFrame) -> str | None:
+    """"accuracy" or "perplexity": the quality a task's table is judged by (None when neither was measured)."""
+    for metric in ("accuracy", "perplexity"):
+        if metric in table and table[metric].notna().any():
+            return metric
+    return None
+
+
+def quality_change(row: pd.Series | dict[str, Any]) -> tuple[float, float | None, float | None, str] | None:
+    """The variant's quality change against the baseline as (value, ci_low, ci_high, unit).
+
+    Paired where the run has the paired rows: accuracy in points ("pt") or perplexity in percent
+    ("%"), with the paired bootstrap interval; otherwise the plain difference, without interval.
+    """
+    for metric, unit, factor in (("accuracy_delta", "pt", 100.0), ("perplexity_change", "%", 100.0)):
+        value = row.get(metric)
+        if not _missing(value):
+            low, high = row.get(f"{metric}:ci_low"), row.get(f"{metric}:ci_high")
+            scaled = (None, None) if _missing(low) or _missing(high) else (low * factor, high * factor)
+            return value * factor, *scaled, unit
+    for metric, unit, factor in (("accuracy:delta", "pt", 1.0), ("perplexity:delta", "%", 100.0)):
+        value = row.get(metric)
+        if not _missing(value):
+            return value * factor, None, None, unit
+    return None
 
 
 def _number(x: Any) -> float | None:
@@ -265,22 +338,40 @@ def column_for(metric: str, unit: str | None = None, higher_is_better: bool | No
     return replace(column, higher_is_better=up, unit=unit or column.unit)
 
 
-def render_table(table: pd.DataFrame, columns: list[Column]) -> tuple[list[str], list[list[str]]]:
-    """Header and body text of a variant table: units in the header, one scale per column."""
+def render_table(table: pd.DataFrame, columns: list[Column], with_flags: bool = True,
+                 with_runtime: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and body text of a variant table: units in the header, one scale per column.
+
+    A `number` column in `table` (the variant's number in the plots) becomes a leading "#".
+    """
     several_models = table.model.nunique() > 1
+    numbered = "number" in table
     scales = {c.metric: scale_of(c, table[c.metric].dropna() if c.metric in table else []) for c in columns}
-    header = ["variant"] + (["model"] if several_models else []) + ["runtime"]
-    header += [" ".join(filter(None, [c.title, f"({scales[c.metric][1]})" if scales[c.metric][1] else "",
-                                      ARROWS[c.higher_is_better]])) for c in columns] + ["flags"]
+    header = (["#"] if numbered else []) + ["variant"] + (["model"] if several_models else [])
+    header += ["runtime"] if with_runtime else []
+    header += [column_header(c, scales[c.metric]) for c in columns] + (["flags"] if with_flags else [])
     body = []
     for row in table.to_dict("records"):
-        line = [row["label"] + (" (baseline)" if row["is_baseline"] else "")]
-        line += ([row["model"]] if several_models else []) + [_text(row["runtime"]) or "–"]
+        line = [_number_text(row.get("number"))] if numbered else []
+        line += [row["label"] + (" (baseline)" if row["is_baseline"] else "")]
+        line += [row["model"]] if several_models else []
+        line += [_text(row["runtime"]) or "–"] if with_runtime else []
         line += [format_cell(c, row, scales[c.metric]) for c in columns]
-        reason = truncate(_text(row["reason"]) or "no reason recorded")
-        status = [f"{row['status']}: {reason}"] if row["status"] != OK else []
-        body.append(line + [", ".join(status + list(row["flags"]))])
+        if with_flags:
+            reason = truncate(_text(row["reason"]) or "no reason recorded")
+            status = [f"{row['status']}: {reason}"] if row["status"] != OK else []
+            line.append(", ".join(status + list(row["flags"])))
+        body.append(line)
     return header, body
+
+
+def column_header(column: Column, scale: tuple[float, str]) -> str:
+    """"size on disk (MB) ↓": title, unit of the column's scale, which way is better."""
+    return " ".join(filter(None, [column.title, f"({scale[1]})" if scale[1] else "", ARROWS[column.higher_is_better]]))
+
+
+def _number_text(number: Any) -> str:
+    return "" if _missing(number) else str(int(number))
 
 
 def scale_of(column: Column, values) -> tuple[float, str]:

@@ -1,0 +1,168 @@
+"""Distillation: each KD variant beside the same student trained without the teacher.
+
+The runner pairs every KD cell with its companion (same student, budget, seed and data, hard
+labels only) and writes `gain_vs_companion`: the KD cell's paired difference from it, on the
+same test examples (accuracy, as a fraction) or windows (perplexity change), with a paired
+bootstrap 95% interval; its details name the companion cell. This module turns those rows
+into a table per KD variant and, where a compressor was swept over one or two numeric
+parameters (temperature x alpha), into a heat map of the gain over them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from bench.report.tables import _missing, sig3, variant_label
+from bench.results import OK
+
+GAIN = "gain_vs_companion"
+COMPANION_KEYS = ("companion_cell", "companion_cell_id", "companion")  # where the details name the companion
+
+
+@dataclass
+class Gain:
+    """One KD variant's paired gain over its no-teacher companion, oriented so that positive = the teacher helps."""
+
+    index: Any  # the KD variant's index in the variant table
+    companion: Any | None  # the companion's index in the variant table (None: not in this table)
+    value: float  # in `unit`
+    low: float | None
+    high: float | None
+    unit: str  # "pt" (accuracy points) or "%" (perplexity)
+    quality: str  # "accuracy" or "perplexity"
+
+
+def gains(table: pd.DataFrame) -> list[Gain]:
+    """The KD variants of a variant table that carry a `gain_vs_companion` row."""
+    if GAIN not in table:
+        return []
+    quality = "perplexity" if "perplexity" in table and table["perplexity"].notna().any() else "accuracy"
+    by_cell = {cell: i for i, cell in table.cell_id.items()}
+    out = []
+    for i, row in table[table[GAIN].notna() & (table.status == OK)].iterrows():
+        details = row["details"].get(GAIN, {}) if isinstance(row["details"], dict) else {}
+        companion = next((details[k] for k in COMPANION_KEYS if isinstance(details.get(k), str)), None)
+        up = row.get(f"{GAIN}:higher_is_better")
+        up = up if isinstance(up, bool) else True  # unrecorded: the runner writes "higher = the teacher helps"
+        sign = 1.0 if up else -1.0
+        # accuracy: fraction -> points; perplexity: fraction -> percent, oriented so that a fall is a gain
+        value, low, high = (row[GAIN] * 100 * sign, row.get(f"{GAIN}:ci_low"), row.get(f"{GAIN}:ci_high"))
+        if not _missing(low) and not _missing(high):
+            low, high = sorted((low * 100 * sign, high * 100 * sign))
+        else:
+            low = high = None
+        out.append(Gain(i, by_cell.get(companion), value, low, high, "pt" if quality == "accuracy" else "%", quality))
+    return out
+
+
+def gain_text(gain: Gain) -> str:
+    text = f"{gain.value:+.1f} {gain.unit}"
+    if gain.low is not None:
+        text += f" [{gain.low:+.1f}, {gain.high:+.1f}]"
+    return text
+
+
+def verdict(gain: Gain) -> str:
+    """"teacher helps" / "teacher hurts" when the paired interval excludes zero, else "within noise"."""
+    if gain.low is None:
+        return "no interval"
+    if gain.low > 0:
+        return "teacher helps"
+    if gain.high < 0:
+        return "teacher hurts"
+    return "within noise"
+
+
+def kd_table(table: pd.DataFrame, found: list[Gain]) -> tuple[list[str], list[list[str]]]:
+    """Per KD variant: its quality, the no-teacher student's, and the paired gain from the teacher."""
+    quality = found[0].quality
+    what = "accuracy (%) ↑" if quality == "accuracy" else "perplexity ↓"
+    gain_title = "gain from the teacher, paired (pt) ↑" if quality == "accuracy" else \
+        "gain from the teacher, paired (% perplexity lower) ↑"
+    header = ["#", "KD variant", what, "no-teacher student", what, gain_title, "verdict"]
+    body = []
+    for gain in found:
+        row = table.loc[gain.index]
+        companion = table.loc[gain.companion] if gain.companion is not None else None
+        body.append([_number(row.get("number")), row["label"], _quality(row, quality),
+                     companion["label"] if companion is not None else "not in this table",
+                     _quality(companion, quality) if companion is not None else "–", gain_text(gain), verdict(gain)])
+    return header, body
+
+
+def _quality(row: pd.Series, quality: str) -> str:
+    value = row.get(quality)
+    if _missing(value):
+        return "–"
+    low, high = row.get(f"{quality}:ci_low"), row.get(f"{quality}:ci_high")
+    fmt = (lambda x: f"{x * 100:.1f}") if quality == "accuracy" else sig3
+    interval = "" if _missing(low) or _missing(high) else f" [{fmt(low)}, {fmt(high)}]"
+    return fmt(value) + interval
+
+
+@dataclass
+class Sweep:
+    """A compressor swept over one or two numeric parameters, the others fixed."""
+
+    compressor: str
+    fixed: str  # the other parameters, as a label ("" when none differ)
+    x_name: str
+    x_values: list
+    y_name: str | None
+    y_values: list
+    grid: list[list[tuple[float, float | None, float | None] | None]]  # grid[y][x]
+    unit: str
+
+
+def sweeps(table: pd.DataFrame, found: list[Gain]) -> list[Sweep]:
+    """Every sweep among the KD variants: same compressor, differing in one or two numeric parameters.
+
+    When more than two numeric parameters vary, the two with the most values make the axes and
+    each combination of the others gets its own map; non-numeric parameters always split maps.
+    """
+    by_compressor: dict[str, list[tuple[Gain, dict[str, Any]]]] = {}
+    for gain in found:
+        row = table.loc[gain.index]
+        params = json.loads(row["params_json"]) if isinstance(row["params_json"], str) and row["params_json"] else {}
+        by_compressor.setdefault(row["compressor"], []).append((gain, params))
+    out = []
+    for compressor, members in by_compressor.items():
+        keys = sorted({k for _, p in members for k in p})
+        varying = {k: sorted({json.dumps(p.get(k)) for _, p in members}) for k in keys}
+        numeric = [k for k in keys if len(varying[k]) > 1 and all(_is_number(p.get(k)) for _, p in members)]
+        if not numeric:
+            continue
+        axes = sorted(numeric, key=lambda k: (-len(varying[k]), k))[:2]
+        others: dict[str, list[tuple[Gain, dict[str, Any]]]] = {}
+        for gain, params in members:
+            rest = {k: v for k, v in params.items() if k not in axes and len(varying.get(k, [])) > 1}
+            others.setdefault(json.dumps(rest, sort_keys=True), []).append((gain, params))
+        for rest_json, group in others.items():
+            if len(group) < 2:
+                continue
+            out.append(_sweep(compressor, json.loads(rest_json), axes, group))
+    return out
+
+
+def _sweep(compressor: str, rest: dict[str, Any], axes: list[str], group: list[tuple[Gain, dict[str, Any]]]) -> Sweep:
+    x_name, y_name = axes[0], axes[1] if len(axes) > 1 else None
+    x_values = sorted({p[x_name] for _, p in group})
+    y_values = sorted({p[y_name] for _, p in group}) if y_name else [""]
+    grid: list[list[tuple[float, float | None, float | None] | None]] = [[None] * len(x_values) for _ in y_values]
+    for gain, params in group:
+        r = y_values.index(params[y_name]) if y_name else 0
+        grid[r][x_values.index(params[x_name])] = (gain.value, gain.low, gain.high)
+    fixed = variant_label(compressor, json.dumps(rest)) if rest else ""
+    return Sweep(compressor, fixed, x_name, x_values, y_name, y_values, grid, group[0][0].unit)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(number: Any) -> str:
+    return "" if number is None or pd.isna(number) else str(int(number))
