@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 BASELINE = "identity"
@@ -136,8 +136,8 @@ def variants_from_rows(rows: Any, labels: dict[str, str] | None = None) -> list[
     """One `Variant` per (cell, stage) of a run's rows, in the order they first appear.
 
     Args:
-        rows: the long table: a pandas DataFrame (`bench.results.load`) or a list of row dicts
-            (`bench.results.read_rows`).
+        rows: the long table: a pandas DataFrame (`bench.results.load`), a list of row dicts
+            (`bench.results.read_rows`) or of `bench.results.Row`.
         labels: optional, the manifest's "cells" ({cell_id: "task/model/compressor(params)/device"});
             each variant's entry lands in `details["cell_label"]` (what `--only` and budgets match).
 
@@ -145,7 +145,8 @@ def variants_from_rows(rows: Any, labels: dict[str, str] | None = None) -> list[
     difference need it, the paired change comes from the `accuracy_delta` / `perplexity_change` rows.
     Stage 0 rows of a non-identity cell (a chain's own copy of the baseline) are left out.
     """
-    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else \
+        [asdict(r) if is_dataclass(r) else r for r in rows]
     cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in records:
         stage = _int(row.get("stage"), 0)
