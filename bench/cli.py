@@ -35,6 +35,22 @@ results: DIR/<run_id>/rows.jsonl (one row per number) and manifest.json;
 report:  reports/<run_id>/index.md and index.html"""
 
 
+CHECK_EPILOG = """\
+examples:
+  compbench check results/<run> --budget bench/budgets/example.toml
+  compbench check results/<run> --budget bench/budgets/regression.toml \\
+      --baseline results/baselines/quick-baseline --junit check.xml
+exit codes: 0 every budget holds, 1 a budget is broken (a table says what broke), 2 bad input"""
+
+RECOMMEND_EPILOG = """\
+examples:
+  compbench recommend results/<run> --task bbc-topic --max-accuracy-drop 1 --max-size 30
+  compbench recommend results/<run> --min-speedup 2 --prefer size
+  compbench recommend results/<run> --task lm-bbc --max-perplexity-increase 5 --max-size 300"""
+
+LOAD_TEXT = "Shares in the company rose after it reported strong quarterly profits and new orders."
+
+
 class UserError(Exception):
     """Bad input: printed as one line, exit code 2."""
 
@@ -69,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="let a local or hf: model run the Python code it ships (auto_map); off by default")
     run.add_argument("--allow-pickle", action="store_true",
                      help="read pickle weights (pytorch_model.bin), which can run code when loaded; off by default")
+    run.add_argument("--keep-artifacts", action="store_true",
+                     help="keep each variant's saved model in DIR/<run_id>/artifacts/<cell_id>/ "
+                          "(reload with `compbench load`; `compbench recommend` names it)")
 
     report = sub.add_parser("report", help="write reports/<run_id>/index.md and index.html for a run")
     report.add_argument("run_dir", type=Path, help="a run folder, e.g. results/default-20261122-120000")
@@ -78,6 +97,53 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="put two runs side by side (markdown on stdout)")
     compare.add_argument("run_a", type=Path)
     compare.add_argument("run_b", type=Path)
+
+    load = sub.add_parser("load", help="reload a kept artifact and run one forward (a smoke test)",
+                          description="Reload an artifact compbench saved (compbench run --keep-artifacts) with "
+                                      "compressors.artifacts.load_artifact, run one forward on a small input and "
+                                      "print what it is: runtime, params, bytes on disk, output shape.")
+    load.add_argument("artifact", type=Path, help="an artifact folder, e.g. results/<run_id>/artifacts/<cell_id>")
+    load.add_argument("--text", default=LOAD_TEXT, help="input text (default: a short news sentence)")
+    load.add_argument("--batch", type=int, default=None,
+                      help="batch size (default: the run's recorded latency input, else 2)")
+    load.add_argument("--length", type=int, default=None,
+                      help="tokens per input (default: the run's recorded latency input, else 32)")
+    load.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+    check = sub.add_parser("check", help="check a run against budgets (exit 1 when one breaks)",
+                           description="Check a run against a budgets file: absolute bounds, or changes against "
+                                       "the run's baseline variant (identity) or the same cells of a baseline run. "
+                                       "Quality changes are the paired ones (same examples, same windows).",
+                           epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("run_dir", type=Path, help="a run folder, e.g. results/<run_id>")
+    check.add_argument("--budget", type=Path, required=True, help="budgets TOML (see bench/budgets/example.toml)")
+    check.add_argument("--baseline", type=Path, help="a baseline run folder for budgets with against = "
+                                                     "\"baseline-run\" (e.g. results/baselines/quick-baseline)")
+    check.add_argument("--junit", type=Path, help="also write JUnit XML here (one test case per check)")
+    check.add_argument("--verbose", "-v", action="store_true", help="list every check, not only broken ones")
+
+    rec = sub.add_parser("recommend", help="the variant that meets your constraints and is best on the rest",
+                         description="Pick the variant of a run that meets every constraint and is best on the "
+                                     "remaining axis (speed, size or quality), from the Pareto front. Without a "
+                                     "quality bound the default applies: accuracy down <= 1 pt, perplexity up "
+                                     "<= 5%%. Exit 1 when nothing qualifies (it says what fails and by how much).",
+                         epilog=RECOMMEND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rec.add_argument("run_dir", type=Path, help="a run folder, e.g. results/<run_id>")
+    rec.add_argument("--task", help="only this task (default: every task of the run)")
+    rec.add_argument("--device", help="only this device (default: every device of the run)")
+    accuracy = rec.add_mutually_exclusive_group()
+    accuracy.add_argument("--max-accuracy-drop", type=float, metavar="PT",
+                          help="accuracy at most PT points below the baseline (paired)")
+    accuracy.add_argument("--min-accuracy", type=float, metavar="X", help="accuracy at least X (a fraction: 0.95)")
+    rec.add_argument("--max-perplexity-increase", type=float, metavar="PCT",
+                     help="perplexity at most PCT percent above the baseline (paired)")
+    rec.add_argument("--max-size", type=float, metavar="MB", help="artifact on disk at most MB (10^6 bytes)")
+    speed = rec.add_mutually_exclusive_group()
+    speed.add_argument("--min-speedup", type=float, metavar="X",
+                       help="speed-up against the baseline, timed in the same process, at least X")
+    speed.add_argument("--max-latency", type=float, metavar="MS", help="p50 latency at most MS milliseconds")
+    rec.add_argument("--prefer", choices=("speed", "size", "quality"),
+                     help="what to be best on (default: the first of speed, size, quality left unconstrained)")
 
     listing = sub.add_parser("list", help="what can go into a matrix")
     listing.add_argument("what", nargs="?", default="all", choices=("all", "models", "datasets", "tasks",
@@ -92,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_BAD_INPUT
-        return {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}[args.command](args)
+        return {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list, "load": cmd_load,
+                "check": cmd_check, "recommend": cmd_recommend}[args.command](args)
     except (UserError, ConfigError, ZooError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message held
         return EXIT_BAD_INPUT
@@ -131,9 +198,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             except ImportError:
                 raise UserError("--executor ray needs Ray: pip install 'compbench[ray]'") from None
         run_dir = run_matrix(matrix, args.out, run_id, devices, executor=args.executor, resume=args.resume,
-                             only=args.only, progress=not args.no_progress)
+                             only=args.only, progress=not args.no_progress, keep_artifacts=args.keep_artifacts)
     _summarise(run_dir)
     _write_report(run_dir, args.reports / run_id, ("md", "html"))
+    failed = _failed_cells(run_dir)
+    if failed:  # skipped cells (an absent device, an unavailable method) are not failures
+        print(f"error: {len(failed)} of {_cell_count(run_dir)} cells ended in error: {'; '.join(failed)}",
+              file=sys.stderr)
+        return EXIT_CHECK_FAILED
     return EXIT_OK
 
 
@@ -152,6 +224,70 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     print(compare_runs(_existing_run(args.run_a), _existing_run(args.run_b)))
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bench.check import BudgetError, check_run, load_budgets, render, run_metrics, write_junit
+
+    run_dir = _existing_run(args.run_dir)
+    baseline = _existing_run(args.baseline) if args.baseline is not None else None
+    try:
+        budgets = load_budgets(args.budget, run_metrics(run_dir))
+        results = check_run(run_dir, budgets, baseline)
+    except BudgetError as exc:
+        raise UserError(str(exc)) from None
+    print(render(results, run_dir, args.budget, baseline, verbose=args.verbose), end="")
+    if args.junit is not None:
+        print(f"junit: {write_junit(results, args.junit, run_dir, args.budget)}", file=sys.stderr)
+    return EXIT_CHECK_FAILED if any(r.status == "broken" for r in results) else EXIT_OK
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from bench.pareto import variants_from_rows
+    from bench.recommend import Constraints, recommend, render
+    from bench.results import read_manifest, read_rows
+
+    run_dir = _existing_run(args.run_dir)
+    try:
+        constraints = Constraints(max_accuracy_drop=args.max_accuracy_drop, min_accuracy=args.min_accuracy,
+                                  max_perplexity_increase=args.max_perplexity_increase, max_size_mb=args.max_size,
+                                  min_speedup=args.min_speedup, max_latency_ms=args.max_latency, prefer=args.prefer)
+    except ValueError as exc:
+        raise UserError(f"recommend: {exc}") from None
+    variants = variants_from_rows(read_rows(run_dir), read_manifest(run_dir).get("cells"))
+    if not variants:
+        raise UserError(f"{run_dir} has no rows yet: nothing to recommend")
+    for flag, value, values in (("--task", args.task, {v.task for v in variants}),
+                                ("--device", args.device, {v.device for v in variants})):
+        if value is not None and value not in values:
+            raise UserError(f"{flag} {value!r}: the run has {', '.join(sorted(values))}")
+    chosen = [v for v in variants if args.task in (None, v.task) and args.device in (None, v.device)]
+    kinds = {v.quality_metric for v in chosen if v.quality_metric}
+    for flag, value, kind in (("--max-accuracy-drop", args.max_accuracy_drop, "accuracy"),
+                              ("--min-accuracy", args.min_accuracy, "accuracy"),
+                              ("--max-perplexity-increase", args.max_perplexity_increase, "perplexity")):
+        if value is not None and kind not in kinds:
+            tasks = ", ".join(sorted({v.task for v in chosen}))
+            raise UserError(f"{flag}: no selected task measures {kind} (tasks: {tasks}); "
+                            f"use {'--max-perplexity-increase' if kind == 'accuracy' else '--max-accuracy-drop'}")
+    answers = recommend(variants, constraints, task=args.task, device=args.device)
+    print(render(answers, run_dir), end="")
+    measured = [a for a in answers if a.constraints]  # groups with at least one measured variant
+    return EXIT_CHECK_FAILED if not measured or any(a.pick is None for a in measured) else EXIT_OK
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from bench.smoke import smoke_load
+
+    for name in ("batch", "length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    try:
+        result = smoke_load(args.artifact, text=args.text, batch=args.batch, length=args.length, device=args.device)
+    except ValueError as exc:  # ArtifactError and unusable inputs: one line
+        raise UserError(str(exc)) from None
+    print(result.text)
+    return EXIT_OK if result.ok else EXIT_CHECK_FAILED
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -220,6 +356,26 @@ def _summarise(run_dir: Path) -> None:
     counts = {s: list(status.values()).count(s) for s in ("ok", "skipped", "error")}
     print(f"{run_dir}: {counts['ok']} cells ok, {counts['skipped']} skipped, {counts['error']} errors "
           f"(rows in {run_dir / 'rows.jsonl'})", file=sys.stderr)
+
+
+def _failed_cells(run_dir: Path) -> list[str]:
+    """"label (reason)" of every cell whose rows end in error (skipped cells are not failures)."""
+    from bench.results import ERROR, read_manifest, read_rows
+
+    labels = read_manifest(run_dir).get("cells", {})
+    failed: dict[str, str] = {}
+    for row in read_rows(run_dir):
+        if row["status"] == ERROR and row["metric"] == "cell":
+            reason = " ".join((row.get("reason") or "no reason recorded").split())
+            failed[row["cell_id"]] = f"{labels.get(row['cell_id'], row['cell_id'])} " \
+                                     f"({reason if len(reason) <= 80 else reason[:79] + '…'})"
+    return list(failed.values())
+
+
+def _cell_count(run_dir: Path) -> int:
+    from bench.results import finished_cells
+
+    return len(finished_cells(run_dir))
 
 
 def _write_report(run_dir: Path, out_dir: Path, formats: tuple[str, ...]) -> None:
