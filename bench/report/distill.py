@@ -60,7 +60,7 @@ def gains(table: pd.DataFrame) -> list[Gain]:
 
 
 def gain_text(gain: Gain) -> str:
-    text = f"{gain.value:+.1f} {gain.unit}"
+    text = f"{gain.value:+.1f}{'%' if gain.unit == '%' else ' ' + gain.unit}"
     if gain.low is not None:
         text += f" [{gain.low:+.1f}, {gain.high:+.1f}]"
     return text
@@ -89,9 +89,21 @@ def kd_table(table: pd.DataFrame, found: list[Gain]) -> tuple[list[str], list[li
         row = table.loc[gain.index]
         companion = table.loc[gain.companion] if gain.companion is not None else None
         body.append([_number(row.get("number")), row["label"], _quality(row, quality),
-                     companion["label"] if companion is not None else "not in this table",
+                     _name(companion) if companion is not None else "not in this table",
                      _quality(companion, quality) if companion is not None else "–", gain_text(gain), verdict(gain)])
     return header, body
+
+
+def companions(table: pd.DataFrame, found: list[Gain]) -> list[str]:
+    """"#2 kd (use_teacher=false, ...)": the no-teacher students the KD variants are compared with."""
+    seen = dict.fromkeys(g.companion for g in found if g.companion is not None)
+    return [f"{_name(table.loc[i])} {table.loc[i, 'label']}" if _number(table.loc[i].get("number"))
+            else table.loc[i, "label"] for i in seen] or ["none in this table"]
+
+
+def _name(row: pd.Series) -> str:
+    number = _number(row.get("number"))
+    return f"#{number}" if number else row["label"]
 
 
 def _quality(row: pd.Series, quality: str) -> str:

@@ -14,15 +14,15 @@ h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}h4{margin:1.6e
 table{border-collapse:collapse;font-size:13px;margin:0.8em 0;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3;white-space:normal;vertical-align:bottom;min-width:4em}
-td:first-child,th:first-child{text-align:left}
-td:last-child{text-align:left;color:#a00;white-space:normal;min-width:14em}
+td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}
+td:nth-child(2){white-space:normal;min-width:14em;max-width:30em}
+table.flags td:last-child,table.answer td:last-child{text-align:left;color:#a00;white-space:normal;min-width:12em}
 tr:nth-child(even) td{background:#fafafa}
 table.answer{font-size:14px}
-table.answer td:nth-child(2){white-space:normal;text-align:left;min-width:16em;max-width:32em}
 table.answer td:nth-child(4),table.answer td:nth-child(5),table.answer td:nth-child(6){font-weight:600}
 p.pick{background:#eef6ee;border-left:4px solid #3a7d44;padding:0.6em 0.9em;font-size:15px}
 .plots{display:flex;flex-wrap:wrap;gap:0.5em 1em;align-items:flex-start}
-img{max-width:760px;width:100%;border:1px solid #eee}
+img{max-width:680px;width:100%;border:1px solid #eee}
 """
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.report.answer import absent_devices, answer_for, answer_table, baseline_noise, pick_text
 from bench.report.chains import chain_cells, chain_table
-from bench.report.distill import gains, kd_table, sweeps
+from bench.report.distill import companions, gains, kd_table, sweeps
 from bench.report.plots import heatmap_plot, pareto_plot
 from bench.report.recall import COLLAPSE_MARK, recall_table
 from bench.report.tables import (
@@ -164,7 +164,7 @@ def device_section(task: str, device: str, rows: pd.DataFrame, run_dir: Path | N
     quality_columns = [c for c in columns if c.metric in QUALITY_METRICS]
     cost_columns = [c for c in columns if c.metric not in QUALITY_METRICS]
     blocks += [Heading(4, f"All variants: quality ({task} on {device})"),
-               Table(*render_table(table, quality_columns))]
+               Table(*render_table(table, quality_columns), kind="flags")]
     if cost_columns and len(measured):
         blocks += [Heading(4, f"All variants: size and speed ({task} on {device})"),
                    Table(*render_table(table.loc[measured], cost_columns, with_flags=False))]
@@ -190,7 +190,7 @@ def device_section(task: str, device: str, rows: pd.DataFrame, run_dir: Path | N
     blocks += _distillation(task, device, table)
     for cell in chain_cells(table):
         title, header, body = chain_table(table, cell)
-        blocks += [Heading(4, f"{title} ({task} on {device})"), Table(header, body)]
+        blocks += [Heading(4, f"{title} ({task} on {device})"), Table(header, body, kind="flags")]
     return blocks
 
 
@@ -202,8 +202,9 @@ def _distillation(task: str, device: str, table: pd.DataFrame) -> list[Block]:
         Heading(4, f"Distillation: gain from the teacher ({task} on {device})"),
         Paragraph("Each KD variant beside the same student trained without the teacher (same budget, seed and "
                   "data); the gain is their paired difference on the same test examples (windows), with a 95% "
-                  "paired bootstrap interval. Positive: the teacher helps."),
-        Table(*kd_table(table, found))]
+                  "paired bootstrap interval. Positive: the teacher helps. No-teacher students: "
+                  + "; ".join(companions(table, found)) + "."),
+        Table(*kd_table(table, found), kind="flags")]
     for sweep in sweeps(table, found):
         what = f"{sweep.compressor}" + (f", {sweep.fixed}" if sweep.fixed else "")
         title = f"{task} on {device}: gain from the teacher, {what}"

@@ -198,7 +198,7 @@ def heatmap_plot(grid: Sequence[Sequence[tuple[float, float | None, float | None
                 continue
             gain, low, high = cell
             strong = abs(gain) > 0.6 * bound
-            text = f"{gain:+.1f} {unit}"
+            text = f"{gain:+.1f}{'%' if unit == '%' else ' ' + unit}"
             if low is not None and high is not None:
                 text += f"\n[{low:+.1f}, {high:+.1f}]"
             ax.text(c, r, text, ha="center", va="center", fontsize=8, color="white" if strong else "black")
