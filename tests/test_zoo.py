@@ -430,6 +430,21 @@ def test_minilm_l3_conversion_matches_the_onnx_reference():
 
 
 @pytest.mark.slow
+def test_minilm_l3_student_is_the_pretrained_body_with_a_new_head():
+    from transformers import BertModel
+
+    from bench.zoo.models import minilm_l3_dir
+
+    student = load_student("minilm-l3", CLASSIFICATION, 5, seed=0)
+    body = BertModel.from_pretrained(minilm_l3_dir(), add_pooling_layer=False, local_files_only=True).state_dict()
+    state = student.module.state_dict()
+    assert all(torch.equal(state[f"bert.{k}"], v) for k, v in body.items())
+    assert state["classifier.weight"].shape == (5, 384) and student.forward(_batch(16)).shape == (2, 5)
+    assert same_vocabulary(student.tokenizer, load_tokenizer("minilm-l6"))  # logit KD from minilm-l6 may use it
+    assert "not fine-tuned" in student.notes[-1] and "converted from the ONNX file" in student.notes[0]
+
+
+@pytest.mark.slow
 def test_smollm2_loads_with_its_note():
     model = load_model("smollm2-135m", CAUSAL_LM, progress=False)  # ~30 s the first time, then from the cache
     assert 134e6 < sum(p.numel() for p in model.module.parameters()) < 136e6
