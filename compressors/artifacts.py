@@ -31,6 +31,9 @@ _LAYERS: dict[str, type[nn.Module]] = {}
 _ARCHITECTURES: dict[str, type[nn.Module]] = {}
 
 
+_TORCH_AO_DYNAMIC = "torch.ao.nn.quantized.dynamic"
+
+
 class ArtifactError(ValueError):
     """An artifact directory that cannot be loaded, with a one-line reason."""
 
@@ -91,9 +94,19 @@ def describe(module: nn.Module, kind: str) -> dict[str, Any]:
         layers.append({"name": name, "type": sub.artifact_key, "meta": sub.artifact_meta()})
     config = getattr(module, "config", None)
     architectures = getattr(config, "architectures", None) or [type(module).__name__]
-    return {"format": 1, "runtime": "torch", "kind": kind, "architecture": architectures[0],
-            "layers": layers, "attributes": getattr(module, ATTRIBUTES, {}),
-            "shapes": {k: list(v.shape) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}}
+    shapes = {k: list(v.shape) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    info = {"format": 1, "runtime": "torch", "kind": kind, "architecture": architectures[0],
+            "layers": layers, "attributes": getattr(module, ATTRIBUTES, {}), "shapes": shapes}
+    # torch.ao dynamic int8 Linears: rebuilt on load by quantizing these layers of the skeleton
+    # (their weight shapes recorded, so a pruned-then-quantized model reloads too)
+    ao = {name: sub for name, sub in module.named_modules() if type(sub).__module__.startswith(_TORCH_AO_DYNAMIC)}
+    if ao:
+        info["torch_ao_dynamic"] = {"layers": sorted(ao), "dtype": str(next(iter(ao.values())).weight().dtype)}
+        for name, sub in ao.items():
+            shapes[f"{name}.weight"] = list(sub.weight().shape)
+            if sub.bias() is not None:
+                shapes[f"{name}.bias"] = list(sub.bias().shape)
+    return info
 
 
 def write_info(directory: Path, info: dict[str, Any]) -> None:
@@ -123,23 +136,47 @@ def load_artifact(directory: str | Path, device: str = "cpu", threads: int = 1):
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         return OnnxModel(directory / "model.onnx", name, info["kind"], tokenizer, threads=threads, device=device,
                          hf_config=config)
-    if not (directory / "model.safetensors").is_file():
+    if info.get("torch_ao_dynamic") and (directory / "model.pt").is_file():
+        module = _torch_ao_dynamic(directory, info)
+    elif not (directory / "model.safetensors").is_file():
         raise ArtifactError(f"{directory}: only safetensors artifacts reload (this one is "
                             f"{', '.join(p.name for p in directory.glob('model.*')) or 'empty'}: "
-                            "torch.ao, torchao and bitsandbytes weights are pickled runtime objects)")
-    module = _skeleton(directory, info)
-    from safetensors.torch import load_file
+                            "torchao and bitsandbytes weights are pickled runtime objects)")
+    else:
+        module = _skeleton(directory, info)
+        from safetensors.torch import load_file
 
-    state = load_file(directory / "model.safetensors")
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    loaded = {t.data_ptr() for k, t in module.state_dict().items() if k in state}
-    untied = [k for k in missing if module.state_dict()[k].data_ptr() not in loaded]
-    if untied or unexpected:
-        raise ArtifactError(f"{directory}: weights do not fit the model (missing {untied[:3]}, "
-                            f"unexpected {list(unexpected)[:3]})")
+        state = load_file(directory / "model.safetensors")
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        loaded = {t.data_ptr() for k, t in module.state_dict().items() if k in state}
+        untied = [k for k in missing if module.state_dict()[k].data_ptr() not in loaded]
+        if untied or unexpected:
+            raise ArtifactError(f"{directory}: weights do not fit the model (missing {untied[:3]}, "
+                                f"unexpected {list(unexpected)[:3]})")
     from compressors.base import TorchModel
 
     return TorchModel(module.eval(), name, info["kind"], tokenizer, notes=tuple(info.get("notes", ()))).to(device)
+
+
+def _torch_ao_dynamic(directory: Path, info: dict[str, Any]) -> nn.Module:
+    """A torch.ao dynamic-int8 model: the float skeleton, its recorded layers quantized, then the saved state.
+
+    model.pt is read with `weights_only=True` (tensors and packed int8 weights only, no code runs).
+    """
+    import warnings
+
+    module = _skeleton(directory, info)
+    ao = info["torch_ao_dynamic"]
+    dtype = {"torch.qint8": torch.qint8, "torch.float16": torch.float16}.get(ao["dtype"], torch.qint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao is deprecated; the artifact uses it
+        module = torch.ao.quantization.quantize_dynamic(module, set(ao["layers"]), dtype=dtype)
+    try:
+        state = torch.load(directory / "model.pt", weights_only=True, map_location="cpu")
+        module.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise ArtifactError(f"{directory}: the torch.ao int8 weights do not fit the model ({str(exc)[:200]})") from None
+    return module
 
 
 def _skeleton(directory: Path, info: dict[str, Any]) -> nn.Module:
