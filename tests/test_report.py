@@ -334,6 +334,9 @@ def test_chain_table_stage_by_stage(tmp_path):
     assert stage3[2:8] == ["95.8 [94.3, 97.1]", "-1.1 [-1.7, -0.6]", "18.0", "5.00x", "4.00x [3.90, 4.10]", "8.00"]
     assert stage3[8:11] == ["-0.4 pt", "3.89x", "2.50x"]  # what int8 added after distillation
     assert rows["2"][8:11] == ["+1.2 pt", "1.00x", "1.00x"] and rows["1"][8:11] == ["-1.9 pt", "1.29x", "1.60x"]
+    run_dir = tmp_path / "results" / "chain"
+    compared = compare_runs(run_dir, run_dir)
+    assert "| chain (stages=[prune-structured → kd → int8-dynamic]) · stage 3 | accuracy (%) | 95.8" in compared
     answer = table_lines(md, "| # | variant")  # every stage is a variant of its own; the chain's stage 0 is not
     assert "chain (stages=[prune-structured → kd → int8-dynamic]) · stage 3" in answer
     assert not any("stage 0" in label for label in answer)

@@ -1,4 +1,5 @@
-"""Two runs side by side: cells matched by (task, model, compressor, params, device), each metric's change."""
+"""Two runs side by side: cells matched by (task, model, compressor, params, device) and chain stage, each
+metric's change."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 from bench.report.tables import BASELINE, COLUMNS, column_for, format_number, scale_of, variant_label
 from bench.results import OK, ROWS_FILE, load, read_manifest
 
-CELL_KEY = ["task", "model", "compressor", "params", "device"]
+CELL_KEY = ["task", "model", "compressor", "params", "device", "stage"]
 METRIC_ORDER = {c.metric: k for k, c in enumerate(COLUMNS)}
 
 
@@ -43,14 +44,21 @@ def compare_runs(run_a: Path, run_b: Path) -> str:
         lines += [f"## {task} ({model}) on {device}", "", "| variant | metric | A | B | change | B is |",
                   "|---|---|---|---|---|---|"]
         group = group.assign(variant=group.compressor != BASELINE)  # baseline first
-        for row in group.sort_values(["variant", "compressor", "params", "order"], kind="stable").itertuples():
-            lines.append(_line(row))
+        staged = _several_stages(merged)
+        for row in group.sort_values(["variant", "compressor", "params", "stage", "order"], kind="stable").itertuples():
+            lines.append(_line(row, staged))
         lines.append("")
     lines += _cell_changes(a, b, name_a, name_b)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _line(row) -> str:
+def _several_stages(frame: pd.DataFrame) -> set[tuple]:
+    """(task, model, compressor, params, device) of cells measured at more than one stage (chains)."""
+    counts = frame.groupby(CELL_KEY[:-1], sort=False).stage.nunique()
+    return {key for key, n in counts.items() if n > 1}
+
+
+def _line(row, staged: set[tuple] = frozenset()) -> str:
     column = column_for(row.metric, row.unit_a if isinstance(row.unit_a, str) else None, row.higher_is_better_a)
     values = [v for v in (row.value_a, row.value_b) if pd.notna(v)]
     scale = scale_of(column, values)
@@ -70,6 +78,8 @@ def _line(row) -> str:
             verdict = ", ".join(filter(None, [verdict, "intervals overlap" if overlap else "intervals apart"]))
     unit = f" ({scale[1]})" if scale[1] else ""
     variant = variant_label(row.compressor, row.params)
+    if (row.task, row.model, row.compressor, row.params, row.device) in staged:
+        variant += f" · stage {row.stage}"
     return f"| {variant} | {column.title}{unit} | {text_a} | {text_b} | {change} | {verdict} |".replace("<", "\\<")
 
 
@@ -79,6 +89,7 @@ def _cell_changes(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) ->
     items = []
     for key in list(status_a) + [k for k in status_b if k not in status_a]:
         label = f"{variant_label(key[2], key[3])} on {key[4]} ({key[0]}, {key[1]})"
+        label += f" · stage {key[5]}" if key[5] and key[2] == "chain" else ""
         if key not in status_b:
             items.append(f"- only in {name_a}: {label}: {_status_text(status_a[key])}")
         elif key not in status_a:
@@ -93,6 +104,8 @@ def _cell_changes(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) ->
 def _statuses(frame: pd.DataFrame) -> dict[tuple, tuple[str, str | None]]:
     out: dict[tuple, tuple[str, str | None]] = {}
     for row in frame.itertuples():
+        if row.status != OK and row.metric != "cell":
+            continue  # one metric not measured (decode speed without a KV cache): the cell still ran
         key = tuple(getattr(row, k) for k in CELL_KEY)
         if key not in out or row.status != OK:
             out[key] = (row.status, row.reason if isinstance(row.reason, str) else None)

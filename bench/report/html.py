@@ -22,7 +22,7 @@ table.answer{font-size:14px}
 table.answer td:nth-child(4),table.answer td:nth-child(5),table.answer td:nth-child(6){font-weight:600}
 p.pick{background:#eef6ee;border-left:4px solid #3a7d44;padding:0.6em 0.9em;font-size:15px}
 .plots{display:flex;flex-wrap:wrap;gap:0.5em 1em;align-items:flex-start}
-img{max-width:680px;width:100%;border:1px solid #eee}
+img{max-width:660px;width:100%;border:1px solid #eee}
 """
 
 

@@ -1,7 +1,8 @@
 """Per-class recall of classifiers: a mean accuracy can hide a class that collapses.
 
 The accuracy row's details carry {class name: recall} (bench.measure.accuracy); a run from
-before that keeps only the per-example scores, from which recall is computed here by class id.
+before that keeps only the per-example scores (bench.paired.scores_file: one file per cell, one
+per earlier stage of a chain), from which recall is computed here by class id.
 """
 
 from __future__ import annotations
@@ -13,27 +14,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.paired import scores_file
 from bench.report.tables import CLASS_RECALL_DROP_PT, recall_of
 from bench.results import OK
 
-SCORES_DIR = "scores"
 COLLAPSE_MARK = "▼"
 
 
 def recall_by_variant(table: pd.DataFrame, run_dir: Path | None = None) -> dict[int, dict[str, float | None]]:
     """{table index: {class: recall}} for every ok row with an accuracy, from its details or its scores."""
     out = {}
+    last_stage = table.groupby("cell_id").stage.max().to_dict() if "stage" in table else {}
     for i, row in table.iterrows():
         if row.get("status") != OK or pd.isna(row.get("accuracy", np.nan)):
             continue
-        recall = recall_of(row) or (_from_scores(run_dir, row["cell_id"]) if run_dir is not None else {})
+        recall = recall_of(row)
+        if not recall and run_dir is not None:
+            stage = int(row.get("stage", 0) or 0)
+            recall = _from_scores(scores_file(run_dir, row["cell_id"], None if stage == last_stage.get(
+                row["cell_id"], stage) else stage))
         if recall:
             out[i] = recall
     return out
 
 
-def _from_scores(run_dir: Path, cell_id: str) -> dict[str, float | None]:
-    path = Path(run_dir) / SCORES_DIR / f"{cell_id}.json"
+def _from_scores(path: Path) -> dict[str, float | None]:
+    """Recall by class id from a cell's kept per-example scores (label, prediction)."""
     try:
         scores = json.loads(path.read_text(encoding="utf-8")).get("accuracy") or {}
     except (OSError, json.JSONDecodeError):
