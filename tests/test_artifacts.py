@@ -33,6 +33,9 @@ def batch():
     ("int8-dynamic", {"backend": "onnxruntime"}, False),
     ("weight-only", {"bits": 4, "group_size": 32}, True),
     ("chain", {"stages": [{"name": "prune-structured", "ratio": 0.5}, {"name": "int8-dynamic"}]}, True),
+    ("chain", {"stages": [{"name": "lowrank-svd", "method": "plain"}, {"name": "int8-dynamic"}]}, True),
+    ("chain", {"stages": [{"name": "lowrank-svd", "method": "plain"}, {"name": "weight-only", "group_size": 32}]},
+     True),
 ])
 def test_the_artifact_reloads_and_reproduces_the_outputs(tiny_bert, tmp_path, name, params, exact):
     compressed = build(name, params).compress(tiny_bert, CompressContext(data=FakeData(), work_dir=tmp_path))

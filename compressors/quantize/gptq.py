@@ -236,6 +236,7 @@ class GPTQConfig(CompressorConfig):
 class GPTQ(Compressor):
     """GPTQ weight-only quantization, stored and run like `weight-only`'s packed format."""
 
+    accepts = ("float", "factorized")  # low-rank factors are plain Linears
     produces = "quantized"
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:

@@ -66,8 +66,8 @@ class Int8Dynamic(Compressor):
     """int8 Linear weights; activations are quantized on the fly per batch."""
 
     @property
-    def accepts(self) -> tuple[str, ...]:  # onnxruntime quantizes an exported graph too
-        return ("float", "onnx") if self.config.backend == "onnxruntime" else ("float",)
+    def accepts(self) -> tuple[str, ...]:  # low-rank factors are plain Linears; onnxruntime takes a graph too
+        return ("float", "factorized", "onnx") if self.config.backend == "onnxruntime" else ("float", "factorized")
 
     def output_form(self) -> str:
         return "onnx" if self.config.backend == "onnxruntime" else "quantized"

@@ -261,6 +261,7 @@ def pack_embeddings_(module: nn.Module, bits: int, group_size: int | None, symme
 class WeightOnly(Compressor):
     """Round-to-nearest int8 / int4 / int3 Linear weights (packed on disk), float activations."""
 
+    accepts = ("float", "factorized")  # low-rank factors are plain Linears
     produces = "quantized"
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:
