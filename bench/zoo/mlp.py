@@ -61,6 +61,16 @@ class MLPConfig:
     model_type: str = "compbench-mlp"
     architectures: list[str] = field(default_factory=lambda: ["MLPClassifier"])
 
+    @property
+    def num_hidden_layers(self) -> int:
+        """Hidden layers (the Hugging Face name: layer-dropping and distillation code read it)."""
+        return len(self.hidden)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the last hidden layer, the features the head reads (the Hugging Face name)."""
+        return self.hidden[-1]
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "hidden": list(self.hidden),
                 "image_shape": None if self.image_shape is None else list(self.image_shape)}
