@@ -377,8 +377,9 @@ def test_the_registry_holds_every_model_once(monkeypatch):
     check_model("toy-lm", kind="vectors")
     model = load_model("toy-lm", CAUSAL_LM, seed=3)
     assert model.notes[0] == "a toy note" and requests[-1].seed == 3 and requests[-1].fine_tune
-    load_student("toy-lm", CAUSAL_LM)
+    load_student("toy-lm", CAUSAL_LM, train_data="the task's train split")
     assert requests[-1].fine_tune is False and requests[-1].num_labels is None
+    assert requests[-1].train_data == "the task's train split"  # e.g. an MLP's input width comes from it
     with pytest.raises(ZooError, match="'toy-lm' is a toy: use it in a causal-lm or vectors task"):
         check_model("toy-lm", kind=CLASSIFICATION)
     with pytest.raises(ZooError, match="'minilm-l6' is an encoder: .* one of toy-lm for vectors"):

@@ -461,7 +461,7 @@ def _classifier(name: str, resolved: _Resolved, train: TextDataset | None, max_l
 
 
 def load_student(name: str, kind: str, num_labels: int | None = None, *, seed: int = 0, device: str = "cpu",
-                 progress: bool = True, policy: LoadPolicy | None = None) -> Model:
+                 progress: bool = True, policy: LoadPolicy | None = None, train_data: Any = None) -> Model:
     """The model `name` as a student: NOT fine-tuned on the task, in fp32 and train-ready (eval mode).
 
     For classification: the pretrained body with a freshly initialised head for `num_labels`
@@ -474,6 +474,9 @@ def load_student(name: str, kind: str, num_labels: int | None = None, *, seed: i
         kind: the task kind (CLASSIFICATION or CAUSAL_LM).
         num_labels: classes of the task; required for classification.
         seed: seeds the new head (and random weights); the caller's RNG is left untouched.
+        train_data: the task's training split, passed on to a registered `loader` that needs it
+            to shape the student (an MLP's input width); never trained on here, unused by
+            Hugging Face models.
 
     Returns:
         A `TorchModel` with its tokenizer (compare it with the teacher's with `same_vocabulary`).
@@ -490,8 +493,8 @@ def load_student(name: str, kind: str, num_labels: int | None = None, *, seed: i
     policy = policy or LoadPolicy.from_env()
     entry = model_entry(name)
     if entry is not None and entry.loader is not None:
-        return _from_loader(entry, _request(name, kind, seed=seed, device=device, progress=progress, policy=policy,
-                                            fine_tune=False, num_labels=num_labels))
+        return _from_loader(entry, _request(name, kind, train_data=train_data, seed=seed, device=device,
+                                            progress=progress, policy=policy, fine_tune=False, num_labels=num_labels))
     resolved = _Resolved(name, seed, progress, policy)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -134,6 +134,9 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     Raises:
         ValueError: the name is already registered (by another module or twice).
     """
+    # The built-in models register first whichever module is imported first, so listings and
+    # "did you mean" start with them.
+    importlib.import_module("bench.zoo.models")
     if entry.name in _ENTRIES:
         raise ValueError(f"model {entry.name!r} is already registered ({_ENTRIES[entry.name].description})")
     _ENTRIES[entry.name] = entry
