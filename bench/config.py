@@ -28,6 +28,8 @@ DEVICES = ("cpu", "cuda")
 KNOWN_TASKS = {
     "bbc-topic": {"type": CLASSIFICATION, "dataset": "bbc-news"},
     "lm-bbc": {"type": CAUSAL_LM, "dataset": "bbc-news"},
+    "digits": {"type": CLASSIFICATION, "dataset": "digits"},  # feature vectors: bench.vector_task
+    "fashion-mnist": {"type": CLASSIFICATION, "dataset": "fashion-mnist"},
 }
 
 

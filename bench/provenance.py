@@ -66,6 +66,7 @@ def manifest(matrix, run_id: str) -> dict[str, Any]:
     """The manifest of a new run: matrix, code, versions, machine, seeds, data and model hashes."""
     from bench.zoo.data import load_dataset
     from bench.zoo.models import file_hashes, model_notes
+    from bench.zoo.vectors import is_vector_dataset, vector_dataset_hash
 
     models = sorted({t.model for t in matrix.tasks})
     datasets = sorted({t.dataset for t in matrix.tasks if not t.dataset.startswith("hf:")})
@@ -79,5 +80,6 @@ def manifest(matrix, run_id: str) -> dict[str, Any]:
         "seed": matrix.seed,
         "model_notes": {m: list(model_notes(m)) for m in models},
         "file_hashes": {m: file_hashes(m) for m in models},
-        "data_hashes": {d: load_dataset(d).source_hash for d in datasets},  # sha256 of texts and labels
+        "data_hashes": {d: vector_dataset_hash(d) if is_vector_dataset(d) else load_dataset(d).source_hash
+                        for d in datasets},  # sha256 of texts (features) and labels
     }

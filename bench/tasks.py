@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from bench.config import TaskSpec
 from bench.measure import Measurement
 from bench.zoo.data import TextDataset, load_dataset, pair_datasets, split_dataset, validation_split
+from bench.zoo.vectors import is_vector_dataset
 from compressors.base import CAUSAL_LM, CLASSIFICATION, Batch, Model
 
 EVAL_BATCH_SIZE = 16
@@ -32,6 +33,10 @@ def load_splits(spec: TaskSpec, seed: int) -> tuple[TextDataset, TextDataset]:
 
     With `spec.test_dataset`, the whole `dataset` is train and the whole `test_dataset` held out.
     """
+    if is_vector_dataset(spec.dataset):  # images as feature vectors: VectorDataset splits
+        from bench.vector_task import load_vector_splits
+
+        return load_vector_splits(spec, seed)
     dataset = load_dataset(spec.dataset)
     if spec.type == CLASSIFICATION and dataset.labels is None:
         raise ValueError(f"task {spec.name!r}: dataset {spec.dataset!r} has no labels; "

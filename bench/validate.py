@@ -38,7 +38,8 @@ def validate_matrix(matrix: Matrix, policy: LoadPolicy | None = None) -> None:
             train, test = load_splits(task, matrix.seed)
         except (ZooError, ValueError) as exc:
             raise ConfigError(f"{where}: {str(exc).removeprefix(f'task {task.name!r}: ')}") from None
-        check_held_out(task, len(train), [*test.texts], where, policy)
+        if hasattr(test, "texts"):  # vector splits are never empty (bench.zoo.vectors)
+            check_held_out(task, len(train), [*test.texts], where, policy)
 
 
 def check_model_name(name: str, where: str, policy: LoadPolicy | None = None, kind: str | None = None) -> None:
@@ -54,8 +55,9 @@ def check_model_name(name: str, where: str, policy: LoadPolicy | None = None, ki
 
 def check_dataset_name(name: str, where: str, key: str = "dataset") -> None:
     from bench.zoo.data import known_datasets
+    from bench.zoo.vectors import is_vector_dataset
 
-    if name in known_datasets() or name.startswith("hf:"):
+    if name in known_datasets() or name.startswith("hf:") or is_vector_dataset(name):
         return
     path = Path(name).expanduser()
     if path.suffix.lower() in LOCAL_DATA_SUFFIXES:

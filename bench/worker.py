@@ -39,6 +39,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     from bench.measure.memory import memory_measurement, reset_peak_memory
     from bench.measure.size import size_measurements
     from bench.tasks import Task, load_splits
+    from bench.vector_task import VectorTask, is_vector_task
     from bench.zoo import LoadPolicy
     from bench.zoo.models import load_model
     from compressors import build
@@ -54,7 +55,10 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     policy = LoadPolicy(cell.get("trust_remote_code", False), cell.get("allow_pickle", False))
     baseline = load_model(spec.model, spec.type, train_data=train, max_length=spec.max_length, seed=seed,
                           progress=False, policy=policy)
-    task = Task(spec, train, test, baseline.tokenizer, seed=seed)
+    if is_vector_task(spec):
+        task = VectorTask(spec, train, test, seed=seed)
+    else:
+        task = Task(spec, train, test, baseline.tokenizer, seed=seed)
     compressor = build(comp.name, comp.params)
     with tempfile.TemporaryDirectory(prefix="compbench-cell-") as scratch:
         ctx = CompressContext(data=task, device=device, seed=seed, teacher=baseline,
@@ -66,7 +70,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
         stages: list[tuple[int, Any]] = []
         batch = task.latency_batch()
         reference = baseline.to(device)
-        shape = {"latency_shape": [spec.latency_batch, spec.latency_length]}
+        shape = {"latency_shape": list(next(iter(batch.values())).shape)}
         started = time.perf_counter()
         try:
             for stage, (label, compressed) in enumerate(compressor.compress_stages(baseline, ctx), start=first_stage):
@@ -157,7 +161,8 @@ def _load_student(spec, task, seed: int, policy, name: str):
     """A student for distillation: model `name` NOT fine-tuned on the task (a new head for its labels)."""
     from bench.zoo.models import load_student
 
-    return load_student(name, spec.type, num_labels=task.num_labels, seed=seed, policy=policy)
+    return load_student(name, spec.type, num_labels=task.num_labels, seed=seed, policy=policy,
+                        train_data=task.train)
 
 
 def _decode(task, baseline, compressed, device: str) -> list[Measurement | tuple[str, str]]:
