@@ -148,7 +148,7 @@ def test_each_task_opens_with_the_pick_and_the_pareto_table(report):
     lines = [line for line in section.splitlines() if line]
     assert lines[1].startswith("Pick (at most 1 point of accuracy lost, fastest): #2 int8-dynamic "
                                "(backend=onnxruntime)")
-    assert "1.95x [1.90, 2.01] faster in the same process" in lines[1] and "3.95x smaller on disk" in lines[1]
+    assert "speed-up 1.95x [1.90, 2.01] in the same process" in lines[1] and "3.95x smaller on disk" in lines[1]
     assert "accuracy -0.3 pt [-0.8, +0.2]" in lines[1]
     assert "Smallest within the same budget: #6 weight-only (bits=4)" in lines[1]
     assert lines[2].startswith("| # | variant | accuracy (%) ↑ | Δ accuracy, paired (pt) ↑ | x smaller on disk ↑ | "
@@ -365,6 +365,13 @@ def test_plot_numbers_never_overlap():
             assert not any(box.overlaps(other) for other in boxes[i + 1:])
         keys = [t.get_text() for t in fig.texts]
         assert keys[0].startswith("1  identity (baseline)") and len(keys) == 24  # the key names every number
+    long = rows_of("base", "identity", accuracy=0.96, size_bytes=90e6) + rows_of(
+        "drop", "layer-drop", json.dumps({"ratio": 0.25, "recovery_lr": 5e-5, "recovery_steps": 0, "count": 0,
+                                          "calibration_batches": 8, "strategy": "every-other"}), accuracy=0.12,
+        size_bytes=70e6)
+    fig = pareto_figure(variant_table(pd.DataFrame([asdict(r) for r in long])),
+                        column_for("accuracy", "fraction", True), column_for("size_bytes", "bytes", False), "long")
+    assert "strategy=every-other" in " ".join(t.get_text() for t in fig.texts)  # wrapped, never cut
 
 
 def test_render_table_scales_units(run):

@@ -88,8 +88,8 @@ def _name(variant: Variant, numbers: dict[tuple[str, int], int]) -> str:
 def _gains(variant: Variant) -> str:
     parts = []
     if variant.speedup is not None:
-        noise = " (within noise)" if variant.speedup_ci and variant.speedup_ci[0] <= 1.0 else ""
-        parts.append(f"{speed_text(variant)} faster in the same process{noise}")
+        noise = variant.speedup_ci is not None and variant.speedup_ci[0] <= 1.0 <= variant.speedup_ci[1]
+        parts.append(f"speed-up {speed_text(variant)} in the same process" + (" (within noise)" if noise else ""))
     if variant.size_ratio is not None:
         parts.append(f"{sig3(variant.size_ratio)}x smaller on disk")
     return ", ".join(parts + [change_text(variant)])

@@ -231,7 +231,8 @@ def _plots(task: str, device: str, table: pd.DataFrame, columns: list[Column],
         png = pareto_plot(table, quality, axis, title, numbers)
         if png:
             name = _slug(f"{task}-{device}-{quality.metric}-vs-{axis.metric}") + ".png"
-            blocks.append(Image(name, png, f"{quality.title} against {axis.title}, {task} on {device}"))
+            what = "speed-up (same process)" if axis.metric == "speedup" else axis.title
+            blocks.append(Image(name, png, f"{quality.title} against {what}, {task} on {device}"))
     return blocks
 
 

@@ -73,9 +73,12 @@ def pareto_figure(table: pd.DataFrame, quality: Column, axis: Column, title: str
     numbers = numbers or {key: k + 1 for k, key in enumerate(keys)}
     labels = [str(numbers.get(key, "?")) for key in keys]
 
-    key_lines = [f"{label}  {textwrap.shorten(text, KEY_CHARS, placeholder=' …')}"
-                 for label, text in sorted(zip(labels, _key_texts(ok), strict=True), key=lambda p: _int_or(p[0]))]
-    columns = 2 if len(key_lines) > 8 and max(map(len, key_lines)) <= KEY_CHARS // 2 else 1
+    entries = sorted(zip(labels, _key_texts(ok), strict=True), key=lambda p: _int_or(p[0]))
+    columns = 2 if len(entries) > 8 and max(len(f"{n}  {t}") for n, t in entries) <= KEY_CHARS // 2 else 1
+    key_lines = []
+    for number, text in entries:  # a long label wraps (its last parameters tell variants apart)
+        wrapped = textwrap.wrap(text, KEY_CHARS - len(number) - 2) or [""]
+        key_lines += [f"{number}  {wrapped[0]}"] + ["      " + more for more in wrapped[1:]]
     fig, ax = _figure_with_key(math.ceil(len(key_lines) / columns) + 1)
     if speed_axis:
         base = ok[ok.is_baseline]
