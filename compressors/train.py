@@ -84,6 +84,7 @@ class TrainResult:
     best_score: float | None = None
     best_step: int | None = None
     last_loss: float | None = None
+    running: dict[str, float] = field(default_factory=dict)  # moving averages of the loss and its parts
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -95,7 +96,8 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def train(module: nn.Module, batches: Callable[[int], Iterator[tuple[Batch, torch.Tensor]]],
-          loss_fn: Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor], steps_per_epoch: int,
+          loss_fn: Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor | tuple[torch.Tensor, dict[str, float]]],
+          steps_per_epoch: int,
           budget: Budget, recipe: Recipe = Recipe(), *, validate: Callable[[nn.Module], float] | None = None,
           validate_every: int | None = None, parameters: list[nn.Parameter] | None = None, device: str = "cpu",
           seed: int = 0, desc: str = "training", progress: bool = True) -> TrainResult:
@@ -104,7 +106,9 @@ def train(module: nn.Module, batches: Callable[[int], Iterator[tuple[Batch, torc
     Args:
         batches: `batches(epoch)` yields (inputs, labels) for one pass over the training data,
             shuffled by the caller with a seed derived from `epoch`.
-        loss_fn: `loss_fn(module, inputs, labels)` -> scalar loss (may use a frozen teacher).
+        loss_fn: `loss_fn(module, inputs, labels)` -> scalar loss (may use a frozen teacher), or
+            (loss, parts): named float parts of the loss (e.g. {"ce": ..., "kd": ...}) whose moving
+            averages the progress bar shows beside the loss and `TrainResult.running` keeps.
         steps_per_epoch: batches per epoch (for the schedule and the progress bar).
         validate: `validate(module)` -> score, higher is better; with it the best weights
             are kept and restored at the end, and `recipe.patience` stops early.
@@ -128,12 +132,12 @@ def train(module: nn.Module, batches: Callable[[int], Iterator[tuple[Batch, torc
     module.to(device).train()
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
     epoch = 0
-    running = None
     try:
         while result.steps < total:
             for inputs, labels in batches(epoch):
                 inputs = {k: v.to(device) for k, v in inputs.items()}
                 loss = loss_fn(module, inputs, labels.to(device))
+                loss, parts = loss if isinstance(loss, tuple) else (loss, {})
                 loss.backward()
                 if recipe.clip_norm:
                     torch.nn.utils.clip_grad_norm_(params, recipe.clip_norm)
@@ -142,10 +146,12 @@ def train(module: nn.Module, batches: Callable[[int], Iterator[tuple[Batch, torc
                 optimizer.zero_grad(set_to_none=True)
                 result.steps += 1
                 value = float(loss.detach())
-                running = value if running is None else 0.9 * running + 0.1 * value
                 result.last_loss = value
+                for key, part in {"loss": value, **parts}.items():
+                    part = float(part)
+                    result.running[key] = part if key not in result.running else 0.9 * result.running[key] + 0.1 * part
                 bar.update(1)
-                bar.set_postfix(loss=f"{running:.4f}")
+                bar.set_postfix({key: f"{part:.4f}" for key, part in result.running.items()})
                 if validate is not None and result.steps % every == 0:
                     score = _validate(module, validate)
                     result.history.append((result.steps, score))

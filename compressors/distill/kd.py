@@ -1,0 +1,293 @@
+"""kd: knowledge distillation into a smaller student, always measured beside the same student without the teacher.
+
+The student (`student`, see `compressors.distill.students`) trains through the one training
+loop (`compressors.train`) on the task's training part, validated on the validation part
+carved from train (keep-best), against `(1 - alpha) * hard-label loss + alpha * knowledge`
+(`compressors.distill.objective`). Modes:
+
+- `offline` (default): a frozen teacher (Hinton et al. 2015, FitNets, TinyBERT/MiniLM, RKD).
+- `mutual`: a trainable copy of the teacher and the student take turns, each learning from the
+  other's current predictions (deep mutual learning, Zhang et al. 2018); the student is kept.
+- `self`: the student has the teacher's architecture (its pretrained base): born-again networks
+  (Furlanello et al. 2018) with the frozen teacher, or with `snapshot`, without any outside
+  teacher: the student's own weights at the end of each epoch teach the next epoch.
+
+Low-label setting: `label_fraction` < 1 keeps the labels of that share of the training part; with
+`teacher_labels` the teacher labels the rest (its argmax as the hard label, its distribution as
+the soft one). `companion()` is the same cell with `use_teacher = false`: the same student,
+budget, seed and data on hard labels only (in the low-label setting, only the labelled share).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from compressors.base import (
+    CAUSAL_LM,
+    CompressContext,
+    Compressor,
+    CompressorConfig,
+    CompressorUnavailable,
+    Model,
+    TorchModel,
+    check_choice,
+    check_range,
+)
+from compressors.distill import students as make
+from compressors.distill.objective import (
+    Distiller,
+    Knowledge,
+    TeacherOutputs,
+    attention_dropout_off_,
+    attention_maps,
+    distill_loss,
+    parse_knowledge,
+    parse_layer_map,
+    resolve_layer_map,
+    validation_score,
+)
+from compressors.registry import register
+from compressors.train import Budget, Recipe, TrainResult, capped, train
+
+MODES = ("offline", "mutual", "self")
+STUDENTS = ("auto", "layer-drop", "scratch", "same")  # or a model name: zoo, local directory, hf:<id>
+BATCH_SIZE = {CAUSAL_LM: 4}  # windows of seq_len tokens; classification default below
+DEFAULT_BATCH_SIZE = 16
+VALIDATION_BATCH_SIZE = 32
+VALIDATION_WINDOWS = 32  # causal LM: validate on this many held-out train windows (each a full forward)
+VALIDATIONS = 4  # per run at least (keep-best needs more than the last point)
+
+
+@dataclass(frozen=True)
+class KDConfig(CompressorConfig):
+    """student: "auto" (layer-drop; in mode self the teacher's architecture), "layer-drop" (the teacher
+    keeping `student_layers` blocks, every other one by default), "scratch" (`student_layers`,
+    `student_hidden`, random weights), "same", or a model name (zoo, local directory, hf:) with the
+    teacher's tokenizer. student_layers: 0 = half the teacher's. student_hidden: 0 = the teacher's.
+    knowledge: kinds of logits, hidden, attention, relation, token joined by '+', each ':weight'
+    optional. temperature: T > 0 of logit/token KD (loss scaled by T^2). alpha: weight of the
+    knowledge against the hard-label loss, in [0, 1]. layer_map: 'teacher->student' pairs (1-based,
+    0 = embeddings), default uniform. relation_loss: rkd | sp. mode: offline | mutual | self.
+    snapshot: mode self, the student's previous-epoch snapshot teaches. label_fraction /
+    teacher_labels: the low-label setting. epochs / max_steps / max_seconds: the budget, whichever
+    ends first. lr, batch_size (0 = 16, causal LM 4), seed (default: the run's), patience (early
+    stopping, validations). use_teacher: false = the no-teacher companion."""
+
+    student: str = "auto"
+    student_layers: int = 0
+    student_hidden: int = 0
+    knowledge: str = "logits"
+    temperature: float = 2.0
+    alpha: float = 0.5
+    layer_map: str = ""
+    relation_loss: str = "rkd"
+    mode: str = "offline"
+    snapshot: bool = False
+    label_fraction: float = 1.0
+    teacher_labels: bool = True
+    epochs: float = 3.0
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    lr: float = 1e-4
+    batch_size: int = 0
+    seed: int | None = None
+    patience: int | None = None
+    use_teacher: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.student, str) or not self.student.strip():
+            raise ValueError(f"student must be one of {', '.join(STUDENTS)} or a model name, got {self.student!r}")
+        for name in ("student_layers", "student_hidden", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 = the default), got {value!r}")
+        if self.student_hidden and self.student != "scratch":
+            raise ValueError(f"student_hidden applies to student = 'scratch', got student = {self.student!r}")
+        if self.student_layers and self.student not in ("auto", "layer-drop", "scratch"):
+            raise ValueError(f"student_layers applies to student = 'layer-drop' or 'scratch', got {self.student!r}")
+        kinds = parse_knowledge(self.knowledge)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not self.temperature > 0 or math.isinf(self.temperature):
+            raise ValueError(f"temperature must be a number > 0 (1 = plain softmax; 2-4 is usual), got "
+                             f"{self.temperature!r}")
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        pairs = parse_layer_map(self.layer_map)
+        if pairs and not {"hidden", "attention"} & set(kinds):
+            raise ValueError(f"layer_map applies to hidden or attention knowledge, but knowledge is {self.knowledge!r}")
+        check_choice("relation_loss", self.relation_loss, ("rkd", "sp"))
+        check_choice("mode", self.mode, MODES)
+        if self.mode == "self" and self.student not in ("auto", "same"):
+            raise ValueError(f"mode 'self' trains a student of the teacher's architecture: leave student out (or "
+                             f"'same'), got student = {self.student!r}")
+        if self.snapshot and self.mode != "self":
+            raise ValueError(f"snapshot applies to mode = 'self', got mode = {self.mode!r}")
+        if self.mode == "mutual" and not set(kinds) <= {"logits", "token"}:
+            raise ValueError(f"mode 'mutual' exchanges predictions: knowledge must be 'logits' (or 'token'), got "
+                             f"{self.knowledge!r}")
+        if isinstance(self.label_fraction, bool) or not isinstance(self.label_fraction, (int, float)) \
+                or not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction must be a number in (0, 1] (share of training labels kept), got "
+                             f"{self.label_fraction!r}")
+        if self.label_fraction < 1 and (self.mode == "mutual" or self.snapshot):
+            raise ValueError("label_fraction < 1 works with a frozen teacher (mode 'offline' or 'self' without "
+                             "snapshot)")
+        Budget(self.epochs, self.max_steps, self.max_seconds)  # its messages name epochs / max_steps / max_seconds
+        check_range("lr", self.lr, 1e-8, 1.0)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"patience must be an integer >= 1 (validations without improvement), got "
+                             f"{self.patience!r}")
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.epochs, self.max_steps, self.max_seconds)
+
+
+# What defines the student and its training data and optimisation (the companion keeps these).
+STUDENT_AND_DATA = ("student", "student_layers", "student_hidden", "label_fraction", "epochs", "max_steps",
+                    "max_seconds", "lr", "batch_size", "seed", "patience")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(KDConfig)}
+
+
+@register("kd", config=KDConfig)
+class KnowledgeDistillation(Compressor):
+    """Train a smaller student on the task with the teacher's knowledge (see module docstring)."""
+
+    config: KDConfig
+
+    def companion(self) -> tuple[str, dict[str, Any]] | None:
+        """The same student, budget, seed, data and optimiser on hard labels only.
+
+        What only the teacher uses (knowledge, temperature, alpha, layer map, mode, teacher
+        labels) goes back to its default, so a sweep over those shares one companion cell.
+        """
+        cfg = self.config
+        if not cfg.use_teacher:
+            return None
+        student = "same" if cfg.student == "auto" and cfg.mode == "self" else cfg.student
+        kept = {key: getattr(cfg, key) for key in STUDENT_AND_DATA if getattr(cfg, key) != _DEFAULTS[key]}
+        return "kd", {**kept, **({"student": student} if student != "auto" else {}), "use_teacher": False}
+
+    def compress(self, model: Model, ctx: CompressContext) -> Model:
+        cfg = self.config
+        if not isinstance(model, TorchModel):
+            raise CompressorUnavailable(f"kd needs a torch teacher to train from, got runtime {model.runtime!r}")
+        if ctx.data is None:
+            raise CompressorUnavailable("kd needs the task's training data")
+        kinds = parse_knowledge(cfg.knowledge)
+        if "token" in kinds and model.kind != CAUSAL_LM:
+            raise ValueError("knowledge: 'token' is next-token KD for causal LMs; use 'logits' for a classifier")
+        seed = ctx.seed if cfg.seed is None else cfg.seed
+        student = self._student(model, ctx, seed)
+        teacher_depth, student_depth = make.depth(model.module), make.depth(student.model.module)
+        needs_layers = bool({"hidden", "attention"} & set(kinds))
+        pairs = resolve_layer_map(parse_layer_map(cfg.layer_map), teacher_depth, student_depth, student.origin,
+                                  attention="attention" in kinds) if needs_layers else []
+        knowledge = Knowledge(kinds, float(cfg.temperature), float(cfg.alpha), pairs, cfg.relation_loss)
+        module = student.model.module
+        maps = knowledge.needs_attention and cfg.use_teacher
+        # Dropout on the student's attention probabilities would turn its maps into non-distributions.
+        dropout_off = attention_dropout_off_(module) if maps else 0
+        distiller = Distiller(module, pairs, make.hidden_width(module), make.hidden_width(model.module),
+                              hidden="hidden" in kinds and cfg.use_teacher)
+        with attention_maps(module, model.module) if maps else contextlib.nullcontext():
+            result, facts = self._train(distiller, model, ctx, knowledge, seed)
+        if dropout_off:
+            facts["attention_dropout_off"] = dropout_off
+        module.eval()
+        if not cfg.use_teacher:
+            taught_by = None
+        elif cfg.snapshot:
+            taught_by = "its own snapshots"
+        else:
+            taught_by = f"{model.name} ({'a trainable copy, mutual' if cfg.mode == 'mutual' else 'frozen'})"
+        teacher_note = f"taught by {taught_by}" if taught_by else "without a teacher (hard labels only)"
+        new = student.model.replace(module=module, notes=student.model.notes + (
+            f"distilled student ({cfg.mode}, {teacher_note}): {student.description}",))
+        new.provenance = {
+            "student": student.description, "student_params": new.info().params,
+            "teacher": taught_by,
+            "mode": cfg.mode, "knowledge": kinds if cfg.use_teacher else {}, "layer_map": [list(p) for p in pairs],
+            "steps": result.steps, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by,
+            "validation": [[step, round(score, 5)] for step, score in result.history],
+            "best_step": result.best_step, "running_losses": {k: round(v, 4) for k, v in result.running.items()},
+            **facts,
+        }
+        return new
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def _student(self, teacher: TorchModel, ctx: CompressContext, seed: int) -> make.Student:
+        cfg = self.config
+        choice = cfg.student
+        if choice == "auto":
+            choice = "same" if cfg.mode == "self" else "layer-drop"
+        half = math.ceil(make.depth(teacher.module) / 2)
+        if choice == "layer-drop":
+            return make.layer_dropped(teacher, cfg.student_layers or half)
+        if choice == "scratch":
+            return make.from_scratch(teacher, cfg.student_layers or half,
+                                     cfg.student_hidden or make.hidden_width(teacher.module), seed)
+        if choice == "same":
+            return make.same_architecture(teacher, ctx)
+        return make.named(choice, teacher, ctx)
+
+    def _train(self, distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowledge: Knowledge,
+               seed: int) -> tuple[TrainResult, dict[str, Any]]:
+        cfg, data, kind = self.config, ctx.data, teacher.kind
+        batch_size = cfg.batch_size or BATCH_SIZE.get(kind, DEFAULT_BATCH_SIZE)
+        low_label = cfg.label_fraction < 1
+        unlabelled = low_label and cfg.use_teacher and cfg.teacher_labels
+        examples = data.train_size(cfg.label_fraction, unlabelled)
+        steps_per_epoch = max(1, math.ceil(examples / batch_size))
+        budget = capped(cfg.budget, ctx.budget_cap)
+        total = budget.total_steps(steps_per_epoch)
+        facts: dict[str, Any] = {"batch_size": batch_size, "lr": cfg.lr, "seed": seed, "train_examples": examples,
+                                 "planned_steps": total}
+        if low_label:
+            facts["labelled_examples"] = data.train_size(cfg.label_fraction, False)
+            facts["teacher_labelled_examples"] = examples - facts["labelled_examples"]
+
+        def batches(epoch: int):
+            return data.train_batches(batch_size, 1, seed + epoch, label_fraction=cfg.label_fraction,
+                                      unlabelled=unlabelled)
+
+        def validate(wrapper: Distiller) -> float:
+            if kind == CAUSAL_LM:  # the first VALIDATION_WINDOWS windows of the fixed validation part
+                held_out = itertools.islice(data.validation_batches(batch_size), -(-VALIDATION_WINDOWS // batch_size))
+            else:
+                held_out = data.validation_batches(VALIDATION_BATCH_SIZE)
+            return validation_score(wrapper.student, held_out, kind, ctx.device)
+
+        recipe = Recipe(lr=cfg.lr, patience=cfg.patience)
+        every = max(1, min(steps_per_epoch, math.ceil(total / VALIDATIONS)))
+        common = dict(steps_per_epoch=steps_per_epoch, budget=budget, recipe=recipe, validate=validate,
+                      validate_every=every, device=ctx.device, seed=seed, progress=False)
+        teacher_fn = None
+        if cfg.use_teacher and cfg.mode == "mutual":
+            from compressors.distill.mutual import train_mutual
+
+            return train_mutual(distiller, teacher, batches, data.loss, knowledge, facts, **common)
+        if cfg.use_teacher and cfg.snapshot:
+            from compressors.distill.snapshot import train_with_snapshots
+
+            return train_with_snapshots(distiller, batches, data.loss, knowledge, kind, facts, **common)
+        if cfg.use_teacher:
+            cache = knowledge.logits_only and kind != CAUSAL_LM  # an LM's (T, vocab) logits per window are too big
+            teacher_fn = TeacherOutputs(teacher.module.to(ctx.device), kind, knowledge, cache=cache)
+
+        def loss_fn(wrapper: Distiller, inputs, labels):
+            return distill_loss(wrapper, inputs, labels, kind=kind, task_loss=data.loss, knowledge=knowledge,
+                                teacher=teacher_fn, pseudo_labels=unlabelled)
+
+        result = train(distiller, batches, loss_fn, desc="kd", **common)
+        if teacher_fn is not None:
+            facts["teacher_forward_examples"] = teacher_fn.forwards
+            facts["teacher_logits"] = "cached once per example" if teacher_fn.cache is not None else "every step"
+        return result, facts
