@@ -234,6 +234,7 @@ class _Run:
     labels: dict[str, str]
     bootstrap: int
     task_metrics: dict[str, set[str]] = field(default_factory=dict)
+    last_stage: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> _Run:
@@ -242,14 +243,23 @@ class _Run:
         labels = manifest.get("cells", {})
         metrics: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
         task_metrics: dict[str, set[str]] = {}
+        last_stage: dict[str, int] = {}
         for row in rows:
+            stage = 0 if row["compressor"] == BASELINE else int(row.get("stage") or 0)
+            last_stage[row["cell_id"]] = max(stage, last_stage.get(row["cell_id"], 0))
             if row.get("status") != OK or row.get("value") is None:
                 continue
-            stage = 0 if row["compressor"] == BASELINE else int(row.get("stage") or 0)
             metrics.setdefault((row["cell_id"], stage), {})[row["metric"]] = row
             task_metrics.setdefault(row["task"], set()).add(row["metric"])
         bootstrap = int((manifest.get("settings") or {}).get("bootstrap") or 1000)
-        return cls(path, variants_from_rows(rows, labels), metrics, labels, bootstrap, task_metrics)
+        return cls(path, variants_from_rows(rows, labels), metrics, labels, bootstrap, task_metrics, last_stage)
+
+    def scores(self, variant: Variant) -> dict[str, Any] | None:
+        """The variant's per-example scores: <cell>.json for a cell's last stage, <cell>.stage<k>.json before it."""
+        from bench.paired import read_scores
+
+        last = self.last_stage.get(variant.cell_id, variant.stage)
+        return read_scores(self.path, variant.cell_id, None if variant.stage == last else variant.stage)
 
     def metric(self, variant: Variant, name: str) -> dict[str, Any] | None:
         return self.metrics.get((variant.cell_id, variant.stage), {}).get(name)
@@ -397,9 +407,9 @@ def _against_run(budget: Budget, variant: Variant, run: _Run, reference: _Run) -
 
 def _pair_from_scores(base_run: _Run, base: Variant, run: _Run, variant: Variant,
                       metric: str) -> tuple[float, tuple[float, float] | None] | None:
-    from bench.paired import paired_classification, paired_perplexity, read_scores
+    from bench.paired import paired_classification, paired_perplexity
 
-    base_scores, scores = read_scores(base_run.path, base.cell_id), read_scores(run.path, variant.cell_id)
+    base_scores, scores = base_run.scores(base), run.scores(variant)
     key = "accuracy" if metric == "accuracy_drop" else "perplexity"
     if not base_scores or not scores or key not in base_scores or key not in scores:
         return None

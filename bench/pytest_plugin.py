@@ -218,8 +218,9 @@ class CompbenchRun:
             pytest.skip(f"{measured.label}: no kept artifact (run with --compbench-keep-artifacts or "
                         "compbench_keep_artifacts = true)")
         path = Path(measured.artifact)
-        if not path.is_absolute() and not path.exists():
-            path = self.path / "artifacts" / measured.cell_id
+        if not path.exists():  # recorded relative to where the run was started: look in the run folder
+            path = self.path / "artifacts" / measured.cell_id / path.name if path.name.startswith("stage-") \
+                else self.path / "artifacts" / measured.cell_id
         threads = (self.manifest.get("settings") or {}).get("threads")
         if threads:
             torch.set_num_threads(int(threads))  # as the run timed it

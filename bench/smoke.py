@@ -30,15 +30,23 @@ class SmokeResult:
 
 
 def recorded_cell(directory: Path) -> dict[str, Any]:
-    """The run's rows about the cell this artifact came from ({metric: row}), or {} outside a run folder."""
+    """The run's rows about the cell (and chain stage) this artifact came from ({metric: row}), or {}
+    outside a run folder. Kept artifacts are run_dir/artifacts/<cell_id>/, a chain's stages
+    run_dir/artifacts/<cell_id>/stage-<k>/."""
     from bench.results import read_manifest, read_rows
 
-    run_dir = directory.resolve().parent.parent
-    if directory.resolve().parent.name != "artifacts" or not (run_dir / "rows.jsonl").is_file():
+    directory = directory.resolve()
+    stage = None
+    if directory.name.startswith("stage-") and directory.name[6:].isdigit():
+        stage, directory = int(directory.name[6:]), directory.parent
+    run_dir = directory.parent.parent
+    if directory.parent.name != "artifacts" or not (run_dir / "rows.jsonl").is_file():
         return {}
-    rows = {r["metric"]: r for r in read_rows(run_dir) if r["cell_id"] == directory.name and r.get("status") == "ok"}
+    rows = {r["metric"]: r for r in read_rows(run_dir) if r["cell_id"] == directory.name and r.get("status") == "ok"
+            and (stage is None or r.get("stage") == stage)}
     if rows:
-        rows["_label"] = read_manifest(run_dir).get("cells", {}).get(directory.name)
+        label = read_manifest(run_dir).get("cells", {}).get(directory.name)
+        rows["_label"] = f"{label} · stage {stage}" if label and stage is not None else label
     return rows
 
 

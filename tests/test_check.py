@@ -287,3 +287,35 @@ def test_run_with_only_skipped_cells_exits_0(tmp_path, tiny_matrix, monkeypatch,
     monkeypatch.setattr("bench.cli._write_report", lambda *a: None)
     assert main(["run", str(tiny_matrix), "--out", str(tmp_path / "r"), "--run-id", "y"]) == 0
     capsys.readouterr()
+
+
+# ---- chains: each stage is a variant; scores of earlier stages live in <cell>.stage<k>.json ----------
+
+def chain_rows(run_id="r1"):
+    params = {"stages": [{"name": "prune-structured"}, {"name": "int8-dynamic"}]}
+    rows = cell_rows("base", "identity", run_id=run_id, accuracy=0.9, size_bytes=90e6, speedup=(1.0, 0.95, 1.05))
+    for stage, (size, speed) in ((1, (70e6, (1.5, 1.4, 1.6))), (2, (20e6, (4.0, 3.8, 4.2)))):
+        for row in cell_rows("chain", "chain", params, run_id=run_id, accuracy=0.9, size_bytes=size, speedup=speed):
+            row.stage = stage
+            rows.append(row)
+    return rows
+
+
+def test_chain_stages_are_checked_one_by_one_against_a_baseline_run(tmp_path):
+    labels = [i % 5 for i in range(100)]
+    before = write_run(tmp_path / "before", chain_rows())
+    after = write_run(tmp_path / "after", chain_rows())
+    for run in (before, after):
+        write_scores(run, "base", labels, labels)
+        write_scores(run, "chain", labels, labels)  # the last stage
+        (run / "scores" / "chain.json").rename(run / "scores" / "chain.stage1.json")
+        write_scores(run, "chain", labels, labels)
+    worse = [(x + 1) % 5 if i < 3 else x for i, x in enumerate(labels)]  # stage 2 loses 3 answers after the change
+    write_scores(after, "chain", worse, labels)
+    path = budgets(tmp_path, '[[budget]]\nmatch = "chain*"\nmetric = "accuracy_drop"\nagainst = "baseline-run"\n'
+                             'max = 1.0\n[[budget]]\nmatch = "chain*"\nmetric = "size_ratio"\nmin = 4\n')
+    results = {(r.budget.index, r.variant.stage): r for r in check_run(after, load_budgets(path), before)}
+    assert results[(1, 1)].status == HELD and results[(1, 1)].value == 0
+    assert results[(1, 2)].status == BROKEN and results[(1, 2)].value == pytest.approx(3.0)
+    assert results[(2, 1)].status == BROKEN and results[(2, 2)].status == HELD  # 90/70 = 1.29x, 90/20 = 4.5x
+    assert results[(1, 2)].variant.label.endswith("· stage 2")

@@ -158,3 +158,14 @@ def test_cli_recommend_bad_input_is_one_line_exit_2(run_dir, capsys, args, fragm
 def test_cli_recommend_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["recommend", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_chain_stages_are_variants_of_their_own():
+    from tests.test_check import chain_rows
+
+    variants = variants_from_rows(chain_rows())
+    stages = [(v.stage, v.label) for v in variants if v.compressor == "chain"]
+    assert stages == [(1, "chain (stages=[prune-structured → int8-dynamic]) · stage 1"),
+                      (2, "chain (stages=[prune-structured → int8-dynamic]) · stage 2")]
+    (rec,) = recommend(variants, Constraints(max_accuracy_drop=1))
+    assert rec.pick.stage == 2 and rec.pick.size_ratio == pytest.approx(4.5)
