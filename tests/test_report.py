@@ -374,6 +374,20 @@ def test_plot_numbers_never_overlap():
     assert "strategy=every-other" in " ".join(t.get_text() for t in fig.texts)  # wrapped, never cut
 
 
+def test_long_labels_keep_what_differs_from_defaults():
+    from compressors.distill.kd import KDConfig
+
+    defaults = json.loads(json.dumps(asdict(KDConfig())))
+    rows = rows_of("base", "identity", accuracy=0.9)
+    for cell, temperature in (("a", 1.0), ("b", 4.0)):
+        params = json.dumps({**defaults, "temperature": temperature, "max_steps": 4}, sort_keys=True)
+        rows += rows_of(cell, "kd", params, accuracy=0.8)
+    labels = variant_table(pd.DataFrame([asdict(r) for r in rows])).label.tolist()
+    assert labels == ["identity", "kd (max_steps=4, temperature=1.0)", "kd (max_steps=4, temperature=4.0)"]
+    assert variant_table(pd.DataFrame([asdict(r) for r in rows_of("c", "cast", '{"dtype":"fp16"}', accuracy=0.9)])
+                         ).label.tolist() == ["cast (dtype=fp16)"]  # short labels keep their defaults
+
+
 def test_render_table_scales_units(run):
     frame = load(run)
     group = frame[(frame.task == "lm-bbc") & (frame.device == "cpu")]

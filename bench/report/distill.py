@@ -70,6 +70,8 @@ def verdict(gain: Gain) -> str:
     """"teacher helps" / "teacher hurts" when the paired interval excludes zero, else "within noise"."""
     if gain.low is None:
         return "no interval"
+    if gain.low == gain.high == gain.value == 0:
+        return "no difference (same answers)"
     if gain.low > 0:
         return "teacher helps"
     if gain.high < 0:

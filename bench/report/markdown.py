@@ -154,6 +154,9 @@ def device_section(task: str, device: str, rows: pd.DataFrame, run_dir: Path | N
     blocks: list[Block] = [Heading(3, f"{task} on {device}")]
 
     answer = answer_for(rows)
+    labels = {(r.cell_id, int(r.stage)): r.label for r in table.itertuples()}
+    for variant in answer.variants:  # the table's (possibly shortened) labels, so every table names it alike
+        variant.label = labels.get((variant.cell_id, variant.stage), variant.label)
     blocks.append(Paragraph(pick_text(answer, numbers), kind="pick"))
     if answer.front:
         blocks.append(Table(*answer_table(answer, flags, numbers), kind="answer"))

@@ -23,6 +23,7 @@ SLOWER_WITHOUT_CI = 0.95  # with no interval, a speed-up below this counts as sl
 ACCURACY_DROP_PT = 1.0
 PERPLEXITY_RISE = 0.05
 REASON_CHARS = 120
+LABEL_CHARS = 80  # a longer label drops the parameters at their defaults (see short_labels)
 CLASS_RECALL_DROP_PT = 5.0  # a class whose recall falls by more than this is flagged, whatever the mean does
 NO_SIZE_GAIN, SLOWER, QUALITY_LOSS = "no real size gain", "slower than baseline", "quality loss"
 WITHIN_NOISE = "quality change within noise"  # the paired interval includes no change
@@ -89,6 +90,32 @@ def variant_label(compressor: str, params_json: str | None) -> str:
               if not ((isinstance(v, bool) or v is None) and _default_of(compressor, k, v) == v)}
     inner = ", ".join(f"{key}={_short(value)}" for key, value in sorted(params.items()))
     return f"{compressor} ({inner})" if inner else compressor
+
+
+def short_labels(table: pd.DataFrame, limit: int = LABEL_CHARS) -> list[str]:
+    """Labels of a variant table's rows, shortened where `variant_label` runs past `limit` characters.
+
+    A method with many parameters (distillation has twenty) would fill a table cell with defaults;
+    such a label keeps only the parameters that differ from the default or vary between the cells of
+    the same compressor in this table. A label left with nothing, or short already, stays as it was.
+    """
+    params = [json.loads(p) if isinstance(p, str) and p else {} for p in table.params_json]
+    varying: dict[str, set[str]] = {}
+    for compressor in table.compressor.drop_duplicates():
+        mine = [p for p, c in zip(params, table.compressor, strict=True) if c == compressor]
+        keys = {k for p in mine for k in p}
+        varying[compressor] = {k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in mine}) > 1}
+    out = []
+    for label, compressor, mine in zip(table.label, table.compressor, params, strict=True):
+        base, _, stage = label.partition(" · ")
+        if len(base) > limit:
+            kept = {k: v for k, v in mine.items()
+                    if k in varying[compressor] or _default_of(compressor, k, v) != json.loads(json.dumps(v))}
+            if kept:
+                inner = ", ".join(f"{key}={_short(value)}" for key, value in sorted(kept.items()))
+                base = f"{compressor} ({inner})"
+        out.append(base + (f" · {stage}" if stage else ""))
+    return out
 
 
 def _default_of(compressor: str, key: str, value: Any) -> Any:
@@ -162,6 +189,7 @@ def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(records)
     if table.empty:
         return table
+    table["label"] = short_labels(table)
     table["is_baseline"] = False
     table["flags"] = [[] for _ in range(len(table))]
     for model in table.model.drop_duplicates():
