@@ -85,6 +85,10 @@ def smoke_load(directory: str | Path, text: str, batch: int | None = None, lengt
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such folder (kept artifacts are in results/<run>/artifacts/<cell_id>/)")
+    stages = sorted(p.name for p in directory.glob("stage-*") if p.is_dir())
+    if stages and not any(directory.glob("compbench_artifact.json")):
+        raise ValueError(f"{directory} holds a chain's stages ({', '.join(stages)}): load one of them, "
+                         f"e.g. {directory / stages[-1]}")
     recorded = recorded_cell(directory)
     shape = (recorded.get("latency_p50") or {}).get("details")
     shape = json.loads(shape).get("latency_shape") if isinstance(shape, str) else None
