@@ -282,6 +282,9 @@ def test_kd_gain_table_and_heat_map(tmp_path):
     assert table["kd (alpha=0.9, student=minilm-l3, temperature=2)"][-1] == "teacher hurts"
     assert table["kd (alpha=0.5, student=minilm-l3, temperature=1)"][-1] == "within noise"
     assert "no-teacher" not in " ".join(table)  # the companion itself has no gain row
+    answer = table_lines(md, "| # | variant")  # the best KD student dominates the baseline, still shown first
+    assert list(answer)[0] == "identity (baseline)"
+    assert answer["identity (baseline)"][-1] == "not Pareto-optimal: shown as the reference"
 
     frame = load(run_dir)
     view = variant_table(frame)
@@ -489,7 +492,7 @@ def test_failed_baseline_and_long_reason(tmp_path):
     md = write_report(run_dir, tmp_path / "out", ("md",))[0].read_text(encoding="utf-8")
     rows = table_lines(md, "#### All variants: quality (bbc-topic on cpu)")
     assert rows["int8-dynamic"][-1] == ""  # no baseline: no flags, no deltas
-    assert "pt" not in rows["int8-dynamic"][3] and "No measured identity baseline for minilm-l6 on cpu" in md
+    assert rows["int8-dynamic"][2] == "50.0" and "No measured identity baseline for minilm-l6 on cpu" in md
     in_table = rows["identity"][-1]
     assert in_table.startswith("error: MemoryError: xxx") and in_table.endswith("…") and len(in_table) < 140
     assert reason in md  # the list below the table keeps the whole reason

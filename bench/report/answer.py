@@ -120,7 +120,7 @@ def speed_text(variant: Variant) -> str:
 
 def answer_table(answer: Answer, flags: dict[tuple[str, int], list[str]],
                  numbers: dict[tuple[str, int], int]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the Pareto-optimal variants, best quality first."""
+    """Header and rows of the Pareto-optimal variants, best quality first; the baseline always leads."""
     quality = next((v.quality_metric for v in answer.variants if v.quality_metric), "quality")
     paired = ", paired" if all(v.quality_paired for v in answer.front) else ""
     unit = next((v.quality_unit for v in answer.front if v.quality_unit), "")
@@ -129,13 +129,19 @@ def answer_table(answer: Answer, flags: dict[tuple[str, int], list[str]],
     header = ["#", "variant", f"{quality}{' (%)' if scale != 1 else ''} {arrow}",
               f"Δ {quality}{paired} ({unit}) {arrow}", "x smaller on disk ↑", "x faster, same process ↑", "flags"]
     body = []
-    for v in sorted(answer.front, key=lambda v: (not v.is_baseline, -(v.quality_gain or 0.0))):
+    shown = list(answer.front)
+    # the baseline is the reference every change is read against: shown even when a variant dominates it
+    optimal = {id(v) for v in answer.front}
+    shown += [v for v in answer.variants if v.is_baseline and id(v) not in optimal]
+    for v in sorted(shown, key=lambda v: (not v.is_baseline, -(v.quality_gain or 0.0))):
         key = (v.cell_id, v.stage)
         value = "–" if v.quality is None else (f"{v.quality * scale:.1f}" if scale != 1 else sig3(v.quality))
         body.append([str(numbers.get(key, "")), v.label + (" (baseline)" if v.is_baseline else ""), value,
                      "reference" if v.is_baseline else change_text(v, with_name=False),
                      "–" if v.is_baseline or v.size_ratio is None else f"{sig3(v.size_ratio)}x",
-                     "–" if v.is_baseline else speed_text(v), ", ".join(flags.get(key, []))])
+                     "–" if v.is_baseline else speed_text(v),
+                     "not Pareto-optimal: shown as the reference" if id(v) not in optimal
+                     else ", ".join(flags.get(key, []))])
     return header, body
 
 

@@ -167,10 +167,10 @@ def device_section(task: str, device: str, rows: pd.DataFrame, run_dir: Path | N
     quality_columns = [c for c in columns if c.metric in QUALITY_METRICS]
     cost_columns = [c for c in columns if c.metric not in QUALITY_METRICS]
     blocks += [Heading(4, f"All variants: quality ({task} on {device})"),
-               Table(*render_table(table, quality_columns), kind="flags")]
+               Table(*render_table(table, quality_columns, with_runtime=False), kind="flags")]
     if cost_columns and len(measured):
         blocks += [Heading(4, f"All variants: size and speed ({task} on {device})"),
-                   Table(*render_table(table.loc[measured], cost_columns, with_flags=False, with_runtime=False))]
+                   Table(*render_table(table.loc[measured], cost_columns, with_flags=False))]
     missing = [m for m in table.loc[measured].model.drop_duplicates()
                if not table.loc[measured][table.loc[measured].model == m].is_baseline.any()]
     if missing:
