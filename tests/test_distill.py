@@ -236,6 +236,9 @@ def test_mutual_and_snapshot_modes_train_and_leave_the_teacher_alone(teachers):
     snapshot = kd(mode="self", snapshot=True, epochs=2, batch_size=20).compress(
         teacher, ctx_for(teacher, {"tiny-bert": _deep_bert(teacher.tokenizer)})).provenance
     assert snapshot["snapshots"] == 1 and snapshot["teacher"] == "its own snapshots"
+    dropped = kd(mode="self", snapshot=True, student="layer-drop", epochs=2, batch_size=20).compress(
+        teacher, ctx_for(teacher)).provenance  # any student may teach itself
+    assert dropped["snapshots"] == 1 and "keeping layers 2, 4 of 4" in dropped["student"]
     born_again = kd(mode="self", max_steps=2).compress(
         teacher, ctx_for(teacher, {"tiny-bert": _deep_bert(teacher.tokenizer)})).provenance
     assert "born-again" in born_again["student"]
@@ -272,7 +275,7 @@ def test_the_companion_is_the_same_student_without_the_teacher():
     ({"alpha": -0.1}, "alpha"),
     ({"mode": "online"}, "mode"),
     ({"snapshot": True}, "snapshot"),
-    ({"mode": "self", "student": "minilm-l3"}, "student"),
+    ({"mode": "self", "student": "minilm-l3"}, "student"),  # born-again needs the teacher's architecture
     ({"mode": "mutual", "knowledge": "hidden"}, "knowledge"),
     ({"label_fraction": 0}, "label_fraction"),
     ({"student_hidden": 64}, "student_hidden"),

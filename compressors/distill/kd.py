@@ -8,9 +8,10 @@ carved from train (keep-best), against `(1 - alpha) * hard-label loss + alpha * 
 - `offline` (default): a frozen teacher (Hinton et al. 2015, FitNets, TinyBERT/MiniLM, RKD).
 - `mutual`: a trainable copy of the teacher and the student take turns, each learning from the
   other's current predictions (deep mutual learning, Zhang et al. 2018); the student is kept.
-- `self`: the student has the teacher's architecture (its pretrained base): born-again networks
-  (Furlanello et al. 2018) with the frozen teacher, or with `snapshot`, without any outside
-  teacher: the student's own weights at the end of each epoch teach the next epoch.
+- `self`: born-again networks (Furlanello et al. 2018): the student has the teacher's architecture
+  (its pretrained base) and learns from the frozen teacher; or, with `snapshot`, no outside teacher
+  at all: the student's own weights at the end of each epoch teach the next epoch (any student;
+  by default the teacher's architecture).
 
 Low-label setting: `label_fraction` < 1 keeps the labels of that share of the training part; with
 `teacher_labels` the teacher labels the rest (its argmax as the hard label, its distribution as
@@ -121,9 +122,10 @@ class KDConfig(CompressorConfig):
             raise ValueError(f"layer_map applies to hidden or attention knowledge, but knowledge is {self.knowledge!r}")
         check_choice("relation_loss", self.relation_loss, ("rkd", "sp"))
         check_choice("mode", self.mode, MODES)
-        if self.mode == "self" and self.student not in ("auto", "same"):
-            raise ValueError(f"mode 'self' trains a student of the teacher's architecture: leave student out (or "
-                             f"'same'), got student = {self.student!r}")
+        if self.mode == "self" and not self.snapshot and self.student not in ("auto", "same"):
+            raise ValueError(f"mode 'self' without snapshot is born-again distillation: the student has the "
+                             f"teacher's architecture, so leave student out (or 'same'), got student = "
+                             f"{self.student!r} (with snapshot = true any student teaches itself)")
         if self.snapshot and self.mode != "self":
             raise ValueError(f"snapshot applies to mode = 'self', got mode = {self.mode!r}")
         if self.mode == "mutual" and not set(kinds) <= {"logits", "token"}:
