@@ -61,7 +61,7 @@ COLUMNS = (
     Column("size_bytes", "size on disk", "bytes", "factor", False),
     Column("speedup", "speed-up", "ratio", None, True),
     Column("decode_speedup", "decode speed-up", "ratio", None, True),
-    Column("weight_bytes", "weights", "bytes", "factor", False),
+    Column("weight_bytes", "weights", "bytes", None, False),  # its change is size on disk's, less config
     Column("params", "params", "count"),
     Column("sparsity", "zero weights", "percent"),
     Column("bits_per_weight", "bits/weight", "number", None, False),
