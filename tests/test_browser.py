@@ -257,8 +257,8 @@ def test_report_opens_in_a_browser(tmp_path):
     assert state["images"] and all(image["loaded"] and image["width"] > 300 for image in state["images"]), \
         [image["alt"] for image in state["images"] if not image["loaded"]]
     assert state["answers"] and all(t["scroll"] <= t["visible"] + 1 for t in state["answers"]), state["answers"]
-    tasks = [s for s in state["sections"] if s["title"] != "How to read these numbers"]
-    assert tasks and all(s["answers"] >= 1 and s["images"] >= 2 for s in tasks), tasks
+    measured = [s for s in state["sections"] if s["answers"]]  # a task measured on no device has no answer
+    assert measured and all(s["images"] >= 2 for s in measured), state["sections"]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", screenshot.read_bytes()[16:24])
     assert width >= WINDOW[0] and height >= min(state["height"], MAX_SHOT_HEIGHT) > WINDOW[1]
