@@ -92,12 +92,13 @@ def test_too_few_examples_train_on_all_without_validation(train, tokenizer):
     assert report["validation_examples"] == 0 and report["curve"] == [] and spy.seen[True] == set(few.texts)
     info = {"train_examples": 6, "max_length": MAX_LENGTH, "seed": 0, "device": "cpu", "train_seconds": 0.1,
             "recipe": {**FineTuneRecipe(epochs=1).__dict__}, "training": report}
-    assert training_note(info).endswith("no validation split (too few examples)")
+    assert "6 training examples, no validation split (too few examples); AdamW" in training_note(info)
+    assert "early stopping" not in training_note(info)  # one epoch: patience cannot act
 
 
 def test_the_recipe_scales_with_the_data():
     assert teacher_recipe(1488) == FineTuneRecipe()  # the whole BBC train split: up to 6 epochs, patience 2
-    assert FineTuneRecipe().epochs == 6 and FineTuneRecipe().patience == 2 and FineTuneRecipe().max_seconds == 1800
+    assert FineTuneRecipe().epochs == 6 and FineTuneRecipe().patience == 2 and FineTuneRecipe().max_seconds == 7200
     assert teacher_recipe(320).epochs == 1 and teacher_recipe(64).epochs == 1  # quick runs and tests: one epoch
     assert teacher_recipe(800).epochs == 4
     tiny = teacher_recipe(64, pretrained=False)  # random weights: big steps, at least 60 of them, no early stop
@@ -111,9 +112,10 @@ def test_the_note_states_the_curve_and_why_it_stopped():
                          "epochs": 4.0, "stopped_by": "early stopping", "best_step": 168, "best_accuracy": 0.9797,
                          "curve": [[84, 0.9595, 0.2], [168, 0.9797, 0.1], [252, 0.973, 0.1], [336, 0.9797, 0.1]]}}
     note = training_note(info)
-    assert note.startswith("classifier fine-tuned by compbench on 1340 of the task's 1488 training examples, "
-                           "148 more held out for validation (not the test split)")
+    assert note.startswith("classifier fine-tuned by compbench on 1340 of the task's 1488 training examples "
+                           "(148 more held out for validation, not from the test split); AdamW lr 0.0001, batch 16")
     assert "validation accuracy by epoch 1: 96.0%, 2: 98.0%, 3: 97.3%, 4: 98.0%" in note
     assert "stopped early after 4 epoch(s) (336 steps, 1234.5 s on cpu)" in note
-    assert note.endswith("kept the weights of epoch 2 (98.0%)") and "up to 6 epoch(s)" in note
+    assert note.endswith("kept the weights of epoch 2 (98.0%)")
+    assert "up to 6 epoch(s), early stopping after 2 epoch(s) without a better validation accuracy" in note
     assert "\n" not in note
