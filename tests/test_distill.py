@@ -144,11 +144,12 @@ def test_layer_dropped_student_is_shallower_copies_the_teacher_and_reloads(teach
 
 def test_scratch_student_is_narrower_and_a_named_student_is_loaded_untrained(teachers):
     teacher = teachers["bert"]
-    scratch = kd(student="scratch", student_layers=1, student_hidden=32, max_steps=1).compress(
-        teacher, ctx_for(teacher))
+    scratch = kd(student="scratch", student_layers=1, student_hidden=32, max_steps=2,
+                 knowledge="logits+hidden").compress(teacher, ctx_for(teacher))  # projections 32 -> 64
     config = scratch.module.config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1, 32, 1)
-    assert "random weights" in scratch.provenance["student"]
+    assert "random weights" in scratch.provenance["student"] and scratch.provenance["layer_map"] == [[4, 1]]
+    assert scratch.provenance["running_losses"]["hidden"] > 0
     sibling = copy.deepcopy(teacher)
     named = kd(student="sibling", max_steps=1).compress(teacher, ctx_for(teacher, {"sibling": sibling}))
     assert named.provenance["student"].startswith("sibling") and depth(named.module) == 4

@@ -130,3 +130,4 @@ def test_similarity_preserving_matches_a_hand_computed_batch_of_two():
 def test_pool_averages_real_tokens_only():
     states = torch.tensor([[[1.0], [3.0], [100.0]]])
     assert pool(states, torch.tensor([[1, 1, 0]])).item() == 2.0
+    assert torch.equal(pool(torch.ones(2, 3)), torch.ones(2, 3))  # no sequence axis: already pooled

@@ -50,6 +50,7 @@ from compressors.distill.objective import (
     parse_knowledge,
     parse_layer_map,
     resolve_layer_map,
+    state_widths,
     validation_score,
 )
 from compressors.registry import register
@@ -197,8 +198,13 @@ class KnowledgeDistillation(Compressor):
         maps = knowledge.needs_attention and cfg.use_teacher
         # Dropout on the student's attention probabilities would turn its maps into non-distributions.
         dropout_off = attention_dropout_off_(module) if maps else 0
-        distiller = Distiller(module, pairs, make.hidden_width(module), make.hidden_width(model.module),
-                              hidden="hidden" in kinds and cfg.use_teacher)
+        widths = {}
+        if "hidden" in kinds and cfg.use_teacher:  # projections sized from one probe batch (MLP layers differ)
+            probe = {k: v.to(ctx.device) for k, v in next(iter(ctx.data.calibration_batches(1))).items()}
+            student_widths = state_widths(module, probe, model.kind)
+            teacher_widths = state_widths(model.module, probe, model.kind)
+            widths = {(t, s): (student_widths[s], teacher_widths[t]) for t, s in pairs}
+        distiller = Distiller(module, widths)
         with attention_maps(module, model.module) if maps else contextlib.nullcontext():
             result, facts = self._train(distiller, model, ctx, knowledge, seed)
         if dropout_off:

@@ -98,7 +98,12 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T, D) -> (B, D): the mean over real tokens (the representation relation losses compare)."""
+    """(B, T, D) -> (B, D): the mean over real tokens (the representation relation losses compare).
+
+    A (B, D) input (a model without a sequence axis, e.g. an MLP) is already one vector per example.
+    """
+    if states.dim() == 2:
+        return states.float()
     if mask is None:
         return states.float().mean(1)
     weight = mask.to(torch.float32)[..., None]  # (B, T, 1)

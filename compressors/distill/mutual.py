@@ -29,7 +29,7 @@ def train_mutual(distiller: Distiller, teacher: TorchModel, batches: Callable[[i
     kind = teacher.kind
     peer = copy.deepcopy(teacher.module).to(device).train()
     peer.requires_grad_(True)
-    peer_side = Distiller(peer, [], 0, 0, hidden=False)
+    peer_side = Distiller(peer)
     params = list(peer.parameters())
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     total = budget.total_steps(steps_per_epoch)

@@ -151,7 +151,8 @@ class TeacherOutputs:
     """A frozen teacher's outputs for a batch, under no_grad and in eval mode.
 
     With `cache`, only logits are asked for and each example's logits are kept (keyed by its
-    token ids) the first time it is seen, so later epochs never run the teacher.
+    inputs' bytes: token ids and mask, or features) the first time it is seen, so later epochs
+    never run the teacher.
     """
 
     def __init__(self, module: nn.Module, kind: str, knowledge: Knowledge, cache: bool):
@@ -161,11 +162,13 @@ class TeacherOutputs:
 
     def __call__(self, inputs: Batch) -> Any:
         self.module.eval()
+        rows = len(next(iter(inputs.values())))
         if self.cache is None:
             with torch.no_grad():
-                self.forwards += len(inputs["input_ids"])
+                self.forwards += rows
                 return run(self.module, inputs, self.kind, self.knowledge)
-        keys = [row.cpu().numpy().tobytes() for row in inputs["input_ids"]]
+        names = sorted(inputs)
+        keys = [b"".join(inputs[name][i].cpu().numpy().tobytes() for name in names) for i in range(rows)]
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
         if missing:
             with torch.no_grad():
@@ -174,26 +177,41 @@ class TeacherOutputs:
             self.forwards += len(missing)
             for i, row in zip(missing, logits, strict=True):
                 self.cache[keys[i]] = row
-        device = inputs["input_ids"].device
+        device = next(iter(inputs.values())).device
         return SimpleNamespace(logits=torch.stack([self.cache[key] for key in keys]).to(device))
 
 
 class Distiller(nn.Module):
     """The student and what trains beside it: one projection per mapped hidden layer (FitNets'
-    regressors), student width -> teacher width, identity-initialised when the widths agree."""
+    regressors), student width -> teacher width, identity-initialised when the widths agree.
 
-    def __init__(self, student: nn.Module, pairs: list[tuple[int, int]], student_width: int, teacher_width: int,
-                 hidden: bool):
+    Args:
+        widths: (teacher layer, student layer) -> (student width, teacher width) of each mapped pair;
+            empty without hidden knowledge.
+    """
+
+    def __init__(self, student: nn.Module, widths: dict[tuple[int, int], tuple[int, int]] | None = None):
         super().__init__()
         self.student = student
         self.projections = nn.ModuleDict()
-        for t, s in pairs if hidden else []:
-            projection = nn.Linear(student_width, teacher_width)
-            if student_width == teacher_width:
+        for (t, s), (width_in, width_out) in (widths or {}).items():
+            projection = nn.Linear(width_in, width_out)
+            if width_in == width_out:
                 with torch.no_grad():
-                    projection.weight.copy_(torch.eye(teacher_width))
+                    projection.weight.copy_(torch.eye(width_out))
                     projection.bias.zero_()
             self.projections[f"t{t}_s{s}"] = projection
+
+
+def state_widths(module: nn.Module, batch: Batch, kind: str) -> list[int]:
+    """The width of each hidden state the module returns (embeddings first), from one no-grad forward."""
+    probe = Knowledge({"hidden": 1.0}, 1.0, 0.0, [])
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        states = run(module, batch, kind, probe).hidden_states
+    module.train(was_training)
+    return [int(state.shape[-1]) for state in states]
 
 
 def distill_loss(distiller: Distiller, inputs: Batch, labels: torch.Tensor, *, kind: str,
