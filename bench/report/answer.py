@@ -54,7 +54,8 @@ def pick_text(answer: Answer, numbers: dict[tuple[str, int], int]) -> str:
         head = f"Pick for {fast.model}" if several else "Pick"
         head += f" ({budget_text(quality)}, fastest)"
         if not fast.constraints:
-            sentences.append(f"{head}: nothing was measured.")
+            sentences.append(f"Pick{' for ' + fast.model if several else ''}: none; no cell was measured here "
+                             "(every one failed or was skipped, see below).")
         elif quality is None:
             sentences.append(f"{head}: no quality was measured, so no variant can be recommended.")
         elif fast.pick is None:
@@ -67,8 +68,9 @@ def pick_text(answer: Answer, numbers: dict[tuple[str, int], int]) -> str:
                       and not v.is_baseline and v.quality_gain is not None]
             within = [v for v in others if all(c.holds for c in check(v, Constraints()))]
             closest = max(others, key=lambda v: v.quality_gain, default=None)
-            why = "no variant within the budget is faster" if within or closest is None else \
-                f"no variant stays within the budget (the closest is {_name(closest, numbers)}: {change_text(closest)})"
+            why = "no other variant was measured" if closest is None else "no variant within the budget is faster" \
+                if within else f"no variant stays within the budget (the closest is {_name(closest, numbers)}: " \
+                f"{change_text(closest)})"
             sentences.append(f"{head}: the baseline itself; {why}.")
         else:
             text = f"{head}: {_name(fast.pick, numbers)}: {_gains(fast.pick)}."

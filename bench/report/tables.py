@@ -23,7 +23,7 @@ SLOWER_WITHOUT_CI = 0.95  # with no interval, a speed-up below this counts as sl
 ACCURACY_DROP_PT = 1.0
 PERPLEXITY_RISE = 0.05
 REASON_CHARS = 120
-LABEL_CHARS = 80  # a longer label drops the parameters at their defaults (see short_labels)
+LABEL_CHARS = 100  # a longer label drops the parameters at their defaults (see short_labels)
 CLASS_RECALL_DROP_PT = 5.0  # a class whose recall falls by more than this is flagged, whatever the mean does
 NO_SIZE_GAIN, SLOWER, QUALITY_LOSS = "no real size gain", "slower than baseline", "quality loss"
 WITHIN_NOISE = "quality change within noise"  # the paired interval includes no change
@@ -108,7 +108,7 @@ def short_labels(table: pd.DataFrame, limit: int = LABEL_CHARS) -> list[str]:
     out = []
     for label, compressor, mine in zip(table.label, table.compressor, params, strict=True):
         base, _, stage = label.partition(" · ")
-        if len(base) > limit:
+        if len(base) > limit:  # quantizers' labels stay whole: bits=4 at its default still says what it is
             kept = {k: v for k, v in mine.items()
                     if k in varying[compressor] or _default_of(compressor, k, v) != json.loads(json.dumps(v))}
             if kept:
