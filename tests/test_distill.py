@@ -315,3 +315,28 @@ def test_bad_kd_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, line
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert "Traceback" not in err
+
+
+def test_check_models_finds_what_only_the_models_reveal_before_any_cell_runs(teachers):
+    """The hook validation calls with model names: tokenizers and depths, no weights."""
+    tokenizer = teachers["bert"].tokenizer
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["zzzqqq"])
+    tokenizers = {"minilm-l6": tokenizer, "minilm-l3": tokenizer, "gpt-like": other}
+    depths = {"minilm-l6": 6, "minilm-l3": 3, "gpt-like": 12}
+
+    def check(params, kind=CLASSIFICATION):
+        build("kd", params).check_models("minilm-l6", kind, tokenizers.__getitem__, depths.get)
+
+    check({"student": "minilm-l3", "knowledge": "hidden", "layer_map": "6->3"})
+    check({"knowledge": "attention", "layer_map": "2->1,4->2,6->3"})  # layer-drop: 3 of 6
+    with pytest.raises(ValueError, match="student: 'gpt-like' has a different tokenizer"):
+        check({"student": "gpt-like"})
+    with pytest.raises(ValueError, match="layer_map: student layer 4 .* 3 layers"):
+        check({"student": "minilm-l3", "knowledge": "hidden", "layer_map": "6->4"})
+    with pytest.raises(ValueError, match="layer_map: student layer 4"):
+        check({"knowledge": "hidden", "layer_map": "6->4"})
+    with pytest.raises(ValueError, match="layer_map: teacher layer 7"):
+        check({"mode": "self", "knowledge": "hidden", "layer_map": "7->6"})
+    with pytest.raises(ValueError, match="knowledge: 'token'"):
+        check({"knowledge": "token"})

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +178,41 @@ class KnowledgeDistillation(Compressor):
         student = "same" if cfg.student == "auto" and cfg.mode == "self" else cfg.student
         kept = {key: getattr(cfg, key) for key in STUDENT_AND_DATA if getattr(cfg, key) != _DEFAULTS[key]}
         return "kd", {**kept, **({"student": student} if student != "auto" else {}), "use_teacher": False}
+
+    def check_models(self, teacher: str, kind: str, tokenizer_of: Callable[[str], Any],
+                     depth_of: Callable[[str], int | None]) -> None:
+        """What only the models reveal, checked before any cell runs (validation calls this).
+
+        Args:
+            teacher: the task's model name; kind: the task's kind.
+            tokenizer_of: `tokenizer_of(name)` -> the tokenizer of model `name` (no weights loaded).
+            depth_of: `depth_of(name)` -> its transformer layer count, or None when unknown.
+
+        Raises:
+            ValueError: one line naming the parameter: `knowledge` 'token' on a classifier, a
+                `student` whose tokenizer is not the teacher's, a `layer_map` beyond either depth.
+        """
+        cfg = self.config
+        kinds = parse_knowledge(cfg.knowledge)
+        if "token" in kinds and kind != CAUSAL_LM:
+            raise ValueError("knowledge: 'token' is next-token KD for causal LMs; use 'logits' for a classifier")
+        named = cfg.student not in STUDENTS
+        if named:
+            mismatch = make.vocabulary_mismatch(tokenizer_of(teacher), tokenizer_of(cfg.student))
+            if mismatch:
+                raise ValueError(make.tokenizer_message(cfg.student, mismatch))
+        pairs = parse_layer_map(cfg.layer_map)
+        teacher_depth = depth_of(teacher)
+        if not pairs or teacher_depth is None:
+            return
+        if named:
+            student_depth = depth_of(cfg.student)
+        elif cfg.student in ("same",) or cfg.mode == "self" and cfg.student == "auto":
+            student_depth = teacher_depth
+        else:
+            student_depth = cfg.student_layers or math.ceil(teacher_depth / 2)
+        if student_depth is not None:
+            resolve_layer_map(pairs, teacher_depth, student_depth, None, attention="attention" in kinds)
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         cfg = self.config

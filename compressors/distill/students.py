@@ -153,20 +153,30 @@ def same_architecture(teacher: TorchModel, ctx: CompressContext) -> Student:
     return student
 
 
+def vocabulary_mismatch(teacher_tokenizer: Any, student_tokenizer: Any) -> str | None:
+    """How the two tokenizers' vocabularies differ (one phrase), or None when they are the same."""
+    if teacher_tokenizer is None or student_tokenizer is None:
+        return None
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if t_vocab == s_vocab:
+        return None
+    differ = sum(1 for token, index in s_vocab.items() if t_vocab.get(token) != index)
+    return f"{len(s_vocab)} tokens vs the teacher's {len(t_vocab)}, {differ} of them different"
+
+
+def tokenizer_message(name: str, mismatch: str) -> str:
+    """The one-line error for a student whose tokenizer differs from the teacher's."""
+    return (f"student: {name!r} has a different tokenizer from the teacher's ({mismatch}): the task is "
+            "tokenized with the teacher's tokenizer and logit KD needs one vocabulary; use a student with the "
+            "teacher's tokenizer ('layer-drop', 'scratch', or a model of the same family)")
+
+
 def check_same_vocabulary(teacher: Model, student: Model, name: str) -> None:
     """Raise ValueError naming `student` when its tokenizer's vocabulary is not the teacher's.
 
     The task's batches are tokenized with the teacher's tokenizer, and logit / token KD compares
     distributions over one vocabulary, so a student must share it token for token.
     """
-    t_tok, s_tok = teacher.tokenizer, student.tokenizer
-    if t_tok is None or s_tok is None:
-        return
-    t_vocab, s_vocab = t_tok.get_vocab(), s_tok.get_vocab()
-    if t_vocab == s_vocab:
-        return
-    differ = sum(1 for token, index in s_vocab.items() if t_vocab.get(token) != index)
-    raise ValueError(f"student: {name!r} has a different tokenizer from the teacher's ({len(s_vocab)} tokens vs "
-                     f"{len(t_vocab)}, {differ} differ): the task is tokenized with the teacher's tokenizer and "
-                     "logit KD needs one vocabulary; use a student with the teacher's tokenizer (e.g. "
-                     "'layer-drop', 'scratch', or a model of the same family)")
+    mismatch = vocabulary_mismatch(teacher.tokenizer, student.tokenizer)
+    if mismatch:
+        raise ValueError(tokenizer_message(name, mismatch))
