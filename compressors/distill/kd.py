@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,26 +43,19 @@ from compressors.distill import students as make
 from compressors.distill.objective import (
     Distiller,
     Knowledge,
-    TeacherOutputs,
     attention_dropout_off_,
     attention_maps,
-    distill_loss,
     parse_knowledge,
     parse_layer_map,
     resolve_layer_map,
     state_widths,
-    validation_score,
 )
+from compressors.distill.trainer import fit
 from compressors.registry import register
-from compressors.train import Budget, Recipe, TrainResult, capped, train
+from compressors.train import Budget
 
 MODES = ("offline", "mutual", "self")
 STUDENTS = ("auto", "layer-drop", "scratch", "same")  # or a model name: zoo, local directory, hf:<id>
-BATCH_SIZE = {CAUSAL_LM: 4}  # windows of seq_len tokens; classification default below
-DEFAULT_BATCH_SIZE = 16
-VALIDATION_BATCH_SIZE = 32
-VALIDATION_WINDOWS = 32  # causal LM: validate on this many held-out train windows (each a full forward)
-VALIDATIONS = 4  # per run at least (keep-best needs more than the last point)
 
 
 @dataclass(frozen=True)
@@ -242,7 +234,7 @@ class KnowledgeDistillation(Compressor):
             widths = {(t, s): (student_widths[s], teacher_widths[t]) for t, s in pairs}
         distiller = Distiller(module, widths)
         with attention_maps(module, model.module) if maps else contextlib.nullcontext():
-            result, facts = self._train(distiller, model, ctx, knowledge, seed)
+            result, facts = fit(distiller, model, ctx, knowledge, cfg, seed)
         if dropout_off:
             facts["attention_dropout_off"] = dropout_off
         module.eval()
@@ -281,57 +273,3 @@ class KnowledgeDistillation(Compressor):
         if choice == "same":
             return make.same_architecture(teacher, ctx)
         return make.named(choice, teacher, ctx)
-
-    def _train(self, distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowledge: Knowledge,
-               seed: int) -> tuple[TrainResult, dict[str, Any]]:
-        cfg, data, kind = self.config, ctx.data, teacher.kind
-        batch_size = cfg.batch_size or BATCH_SIZE.get(kind, DEFAULT_BATCH_SIZE)
-        low_label = cfg.label_fraction < 1
-        unlabelled = low_label and cfg.use_teacher and cfg.teacher_labels
-        examples = data.train_size(cfg.label_fraction, unlabelled)
-        steps_per_epoch = max(1, math.ceil(examples / batch_size))
-        budget = capped(cfg.budget, ctx.budget_cap)
-        total = budget.total_steps(steps_per_epoch)
-        facts: dict[str, Any] = {"batch_size": batch_size, "lr": cfg.lr, "seed": seed, "train_examples": examples,
-                                 "planned_steps": total}
-        if low_label:
-            facts["labelled_examples"] = data.train_size(cfg.label_fraction, False)
-            facts["teacher_labelled_examples"] = examples - facts["labelled_examples"]
-
-        def batches(epoch: int):
-            return data.train_batches(batch_size, 1, seed + epoch, label_fraction=cfg.label_fraction,
-                                      unlabelled=unlabelled)
-
-        def validate(wrapper: Distiller) -> float:
-            if kind == CAUSAL_LM:  # the first VALIDATION_WINDOWS windows of the fixed validation part
-                held_out = itertools.islice(data.validation_batches(batch_size), -(-VALIDATION_WINDOWS // batch_size))
-            else:
-                held_out = data.validation_batches(VALIDATION_BATCH_SIZE)
-            return validation_score(wrapper.student, held_out, kind, ctx.device)
-
-        recipe = Recipe(lr=cfg.lr, patience=cfg.patience)
-        every = max(1, min(steps_per_epoch, math.ceil(total / VALIDATIONS)))
-        common = dict(steps_per_epoch=steps_per_epoch, budget=budget, recipe=recipe, validate=validate,
-                      validate_every=every, device=ctx.device, seed=seed, progress=False)
-        teacher_fn = None
-        if cfg.use_teacher and cfg.mode == "mutual":
-            from compressors.distill.mutual import train_mutual
-
-            return train_mutual(distiller, teacher, batches, data.loss, knowledge, facts, **common)
-        if cfg.use_teacher and cfg.snapshot:
-            from compressors.distill.snapshot import train_with_snapshots
-
-            return train_with_snapshots(distiller, batches, data.loss, knowledge, kind, facts, **common)
-        if cfg.use_teacher:
-            cache = knowledge.logits_only and kind != CAUSAL_LM  # an LM's (T, vocab) logits per window are too big
-            teacher_fn = TeacherOutputs(teacher.module.to(ctx.device), kind, knowledge, cache=cache)
-
-        def loss_fn(wrapper: Distiller, inputs, labels):
-            return distill_loss(wrapper, inputs, labels, kind=kind, task_loss=data.loss, knowledge=knowledge,
-                                teacher=teacher_fn, pseudo_labels=unlabelled)
-
-        result = train(distiller, batches, loss_fn, desc="kd", **common)
-        if teacher_fn is not None:
-            facts["teacher_forward_examples"] = teacher_fn.forwards
-            facts["teacher_logits"] = "cached once per example" if teacher_fn.cache is not None else "every step"
-        return result, facts
