@@ -143,6 +143,7 @@ def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Ro
     default_stage = 0 if compressor["name"] == BASELINE else 1
     for record in outcome.records:
         common["stage"] = record.get("stage") if record.get("stage") is not None else default_stage
+        common["runtime"] = record.get("runtime") or outcome.runtime
         if record["kind"] == "scores":
             continue  # kept in run_dir/scores/ by `save_scores`, not in the table
         if record["kind"] == "metric-skipped":  # one metric this runtime cannot give, with the reason

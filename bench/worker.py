@@ -123,6 +123,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
                     if isinstance(m, Measurement) and m.stage == stage:
                         m.extra.setdefault("provenance", provenance)
             cell["runtime"] = compressed.runtime
+            cell.setdefault("stage_runtimes", {})[stage] = compressed.runtime
             del compressed
             gc.collect()
     return out
@@ -143,9 +144,12 @@ def _notes(compressed, previous) -> dict[str, Any]:
 
 
 def _at_stage(measured: list, stage: int) -> list:
-    for m in measured:
+    """Stamp each measurement (and each skipped metric) with the stage whose model it measured."""
+    for i, m in enumerate(measured):
         if isinstance(m, Measurement):
             m.stage = stage
+        elif m[0] == "metric-skipped":
+            measured[i] = (*m[:3], stage)
     return measured
 
 
@@ -199,9 +203,14 @@ def main(argv: list[str]) -> int:
             if scores is not None:  # per-example values, kept beside the rows for paired comparisons
                 records.append({"kind": "scores", "metric": item.metric, "scores": scores, "stage": item.stage})
         elif item[0] == "metric-skipped":
-            records.append({"kind": "metric-skipped", "metric": item[1], "reason": item[2]})
+            records.append({"kind": "metric-skipped", "metric": item[1], "reason": item[2],
+                            "stage": item[3] if len(item) > 3 else None})
         else:
             records.append({"kind": item[0], "reason": item[1]})
+    runtimes = cell.get("stage_runtimes", {})  # a chain's stages may run on different runtimes
+    for record in records:
+        if record.get("stage") in runtimes:
+            record["runtime"] = runtimes[record["stage"]]
     payload = {"runtime": cell.get("runtime"), "records": records}
     tmp = rows_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")

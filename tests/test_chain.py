@@ -73,3 +73,4 @@ def test_each_stage_is_measured_as_its_own_rows(tmp_path):
     # pruning makes it smaller; int8 on top makes it smaller again
     assert by_stage[2]["size_bytes"]["value"] < by_stage[1]["size_bytes"]["value"]
     assert json.loads(by_stage[2]["compress_seconds"]["details"])["stage_name"] == "int8-dynamic(backend=onnxruntime)"
+    assert (by_stage[1]["speedup"]["runtime"], by_stage[2]["speedup"]["runtime"]) == ("torch", "onnxruntime")
