@@ -154,7 +154,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(KDConfig)}
 
 @register("kd", config=KDConfig)
 class KnowledgeDistillation(Compressor):
-    """Train a smaller student on the task with the teacher's knowledge (see module docstring)."""
+    """Distil the teacher into a smaller student (logits, hidden, attention, relation, token KD)."""
 
     config: KDConfig
 
