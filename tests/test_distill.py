@@ -118,10 +118,11 @@ def kd_loss_on(student, teacher, ctx):
 
 # ---- students --------------------------------------------------------------------------------------
 
-def test_kept_layers_are_every_other_and_end_at_the_top():
-    assert kept_layers(6, 3) == [1, 3, 5]
-    assert kept_layers(30, 15) == list(range(1, 30, 2))
-    assert kept_layers(4, 1) == [3]
+def test_kept_layers_are_evenly_spaced_from_the_first_to_the_last():
+    assert kept_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice
+    assert kept_layers(6, 3) == [0, 3, 5]
+    assert kept_layers(30, 15) == [0, 2, 4, 6, 8, 10, 12, 15, 17, 19, 21, 23, 25, 27, 29]
+    assert kept_layers(4, 1) == [3] and kept_layers(4, 4) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="student_layers"):
         kept_layers(4, 5)
 
@@ -133,8 +134,8 @@ def test_layer_dropped_student_is_shallower_copies_the_teacher_and_reloads(teach
     total = depth(teacher.module)
     assert depth(student.module) == (total + 1) // 2 == student.module.config.num_hidden_layers
     assert student.info().params < teacher.info().params
-    expected = {"bert": "keeping layers 2, 4 of 4", "llama": "keeping layer 2 of 2"}[name]
-    assert student.provenance["student"].startswith(f"{teacher.name} {expected} (every other layer")
+    expected = {"bert": "keeping layers 1, 4 of 4 (evenly spaced", "llama": "keeping layer 2 of 2 (the last"}[name]
+    assert student.provenance["student"].startswith(f"{teacher.name} {expected}")
     batch = dict(teacher.tokenizer(["a short text", "another text a little longer"], padding=True,
                                    return_tensors="pt"))
     reloaded = load_artifact(student.save(tmp_path / "artifact"))
@@ -177,7 +178,7 @@ def test_the_teacher_is_bit_identical_after_every_kind_of_knowledge(teachers):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not teacher.module.training and teacher.module.config._attn_implementation == implementation
     assert {"logits", "hidden", "attention", "relation"} <= set(student.provenance["running_losses"])
-    assert student.provenance["layer_map"] == [[2, 1], [4, 2]]  # the layers the student was copied from
+    assert student.provenance["layer_map"] == [[1, 1], [4, 2]]  # the layers the student was copied from
 
 
 @pytest.mark.parametrize("name", ["bert", "llama"])
@@ -239,7 +240,7 @@ def test_mutual_and_snapshot_modes_train_and_leave_the_teacher_alone(teachers):
     assert snapshot["snapshots"] == 1 and snapshot["teacher"] == "its own snapshots"
     dropped = kd(mode="self", snapshot=True, student="layer-drop", epochs=2, batch_size=20).compress(
         teacher, ctx_for(teacher)).provenance  # any student may teach itself
-    assert dropped["snapshots"] == 1 and "keeping layers 2, 4 of 4" in dropped["student"]
+    assert dropped["snapshots"] == 1 and "keeping layers 1, 4 of 4" in dropped["student"]
     born_again = kd(mode="self", max_steps=2).compress(
         teacher, ctx_for(teacher, {"tiny-bert": _deep_bert(teacher.tokenizer)})).provenance
     assert "born-again" in born_again["student"]

@@ -61,7 +61,7 @@ STUDENTS = ("auto", "layer-drop", "scratch", "same")  # or a model name: zoo, lo
 @dataclass(frozen=True)
 class KDConfig(CompressorConfig):
     """student: "auto" (layer-drop; in mode self the teacher's architecture), "layer-drop" (the teacher
-    keeping `student_layers` blocks, every other one by default), "scratch" (`student_layers`,
+    keeping `student_layers` blocks evenly spaced from the first to the last), "scratch" (`student_layers`,
     `student_hidden`, random weights), "same", or a model name (zoo, local directory, hf:) with the
     teacher's tokenizer. student_layers: 0 = half the teacher's. student_hidden: 0 = the teacher's.
     knowledge: kinds of logits, hidden, attention, relation, token joined by '+', each ':weight'

@@ -1,10 +1,10 @@
 """Ways to get a student for distillation.
 
 - `layer_dropped`: a copy of the teacher that keeps `layers` of its transformer blocks, evenly
-  spaced and always ending with the last one, initialised from the teacher's weights (embeddings,
-  kept blocks and head). Half of the blocks is DistilBERT's "every other layer" (Sanh et al.
-  2019); for a 6-layer teacher it keeps layers 2, 4, 6. config.json's layer count follows, so
-  the artifact reloads.
+  spaced from the first to the last, initialised from the teacher's weights (embeddings, kept
+  blocks and head): DistilBERT's initialisation (Sanh et al. 2019 keep layers 0, 2, 4, 7, 9, 11 of
+  12). The first block (which early LLM layers show to be the hardest to lose) and the last (whose
+  output the head reads) always stay. config.json's layer count follows, so the artifact reloads.
 - `from_scratch`: the teacher's architecture with fewer layers and/or a narrower width, random
   weights (seeded).
 - `named`: any model the runner can load by name (zoo name such as `minilm-l3`, a local
@@ -35,7 +35,7 @@ class Student:
 
     Attributes:
         model: the student (its module is trained in place by the distiller).
-        description: one line for notes and provenance, e.g. "minilm-l6 layers 2, 4, 6 of 6".
+        description: one line for notes and provenance, e.g. "minilm-l6 keeping layers 1, 4, 6 of 6 ...".
         origin: for each student layer, the teacher layer (1-based) it was copied from, or None.
     """
 
@@ -55,13 +55,16 @@ def hidden_width(module: nn.Module) -> int:
 
 
 def kept_layers(total: int, keep: int) -> list[int]:
-    """0-based indices of `keep` of `total` blocks, evenly spaced, the last block always kept.
+    """0-based indices of `keep` of `total` blocks, evenly spaced from the first to the last (halves round up).
 
-    kept_layers(6, 3) == [1, 3, 5] (every other layer); kept_layers(6, 2) == [2, 5].
+    kept_layers(12, 6) == [0, 2, 4, 7, 9, 11] (DistilBERT's); kept_layers(6, 3) == [0, 3, 5];
+    one block kept is the last.
     """
     if not 1 <= keep <= total:
         raise ValueError(f"student_layers must be in 1..{total} (the teacher's layer count), got {keep}")
-    return [round((j + 1) * total / keep) - 1 for j in range(keep)]
+    if keep == 1:
+        return [total - 1]
+    return [int(j * (total - 1) / (keep - 1) + 0.5) for j in range(keep)]
 
 
 def layer_dropped(teacher: TorchModel, layers: int) -> Student:
@@ -72,7 +75,7 @@ def layer_dropped(teacher: TorchModel, layers: int) -> Student:
     keep = kept_layers(total, layers)
     drop_layers_(module, name, blocks, [i for i in range(total) if i not in keep])
     numbers = [i + 1 for i in keep]
-    style = "every other layer, DistilBERT-style" if layers * 2 in (total, total + 1) else "evenly spaced"
+    style = "evenly spaced from the first to the last, DistilBERT-style" if layers > 1 else "the last"
     description = (f"{teacher.name} keeping layer{'s' if layers > 1 else ''} {', '.join(map(str, numbers))} of "
                    f"{total} ({style}), initialised from the teacher")
     model = TorchModel(module.eval(), f"{teacher.name}-l{layers}", teacher.kind, teacher.tokenizer,
