@@ -40,6 +40,46 @@ def validate_matrix(matrix: Matrix, policy: LoadPolicy | None = None) -> None:
             raise ConfigError(f"{where}: {str(exc).removeprefix(f'task {task.name!r}: ')}") from None
         if hasattr(test, "texts"):  # vector splits are never empty (bench.zoo.vectors)
             check_held_out(task, len(train), [*test.texts], where, policy)
+        check_compressors_against_models(matrix, task, where, policy)
+
+
+# Transformer blocks of the zoo's models (a local directory's come from its config.json).
+_ZOO_DEPTH = {"minilm-l6": 6, "minilm-l3": 3, "smollm2-135m": 30, "tiny-bert": 2, "tiny-gpt2": 2, "tiny-llama": 2}
+
+
+def _depth_of(name: str) -> int | None:
+    """How many transformer blocks model `name` has, without loading it (None when unknown, e.g. hf:)."""
+    import json
+
+    if name in _ZOO_DEPTH:
+        return _ZOO_DEPTH[name]
+    config = Path(name).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    depth = values.get("num_hidden_layers", values.get("n_layer"))
+    return depth if isinstance(depth, int) else None
+
+
+def check_compressors_against_models(matrix: Matrix, task: TaskSpec, where: str, policy: LoadPolicy) -> None:
+    """What only the models reveal about a compressor's parameters (e.g. a KD student whose tokenizer is not
+    the teacher's, a layer map beyond a model's depth): any method may define `check_models`."""
+    from bench.zoo.models import load_tokenizer
+    from compressors import build
+
+    for index, spec in enumerate(matrix.compressors):
+        if not matrix.runs_on(index, task.name):
+            continue
+        check = getattr(build(spec.name, spec.params), "check_models", None)
+        if check is None:
+            continue
+        try:
+            check(task.model, task.type, lambda name: load_tokenizer(name, policy), _depth_of)
+        except ValueError as exc:  # ZooError included: a student that does not exist
+            raise ConfigError(f"{where}: compressor {spec.label}: {exc}") from None
 
 
 def check_model_name(name: str, where: str, policy: LoadPolicy | None = None, kind: str | None = None) -> None:

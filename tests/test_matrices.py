@@ -10,20 +10,38 @@ import pytest
 
 from bench.config import MATRICES_DIR, load_matrix
 from bench.results import load
-from bench.runner import plan_cells
+from bench.runner import normalized, plan_cells
 from tests.conftest import compbench
 
 SHIPPED = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
 
 
-@pytest.mark.parametrize("matrix", SHIPPED)
+# ids end in .toml: an id "gpu" would read as the gpu marker and skip without CUDA
+@pytest.mark.parametrize("matrix", SHIPPED, ids=[f"{m}.toml" for m in SHIPPED])
 def test_shipped_matrix_is_valid(matrix):
     # load_matrix builds every compressor from its parameters, so a bad one raises here
     loaded = load_matrix(matrix)
     cells = plan_cells(loaded, ("cpu", "cuda"))
-    assert len(cells) == len(loaded.tasks) * len(loaded.compressors) * 2
+    applies = sum(loaded.runs_on(i, t.name) for t in loaded.tasks for i in range(len(loaded.compressors)))
+    added = {c["companion"] for c in cells if c["companion"]} - {  # companions the matrix did not list itself
+        c["id"] for c in cells if any(c["compressor"] == vars(s) for s in map(normalized, loaded.compressors))}
+    assert len(cells) == 2 * applies + len(added)
     assert len({cell["id"] for cell in cells}) == len(cells)
+    assert all(c["companion"] in {d["id"] for d in cells} for c in cells if c["companion"])
     assert {"bbc-topic", "lm-bbc"} <= {task.name for task in loaded.tasks}
+
+
+@pytest.mark.parametrize("params, message", [
+    ('student = "smollm2-135m"', "student: 'smollm2-135m' has a different tokenizer"),
+    ('student = "minilm-l3"\nknowledge = "logits+hidden"\nlayer_map = "6->5"',
+     "student layer 5 in '6->5' is out of range"),
+])
+def test_what_only_the_models_reveal_stops_the_run_before_it_starts(tmp_path, params, message):
+    (tmp_path / "kd.toml").write_text(f'[[task]]\nname = "bbc-topic"\nmodel = "minilm-l6"\n\n'
+                                      f'[[compressor]]\nname = "kd"\n{params}\n')
+    result = compbench("run", "kd.toml", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_default_matrix_compressors_are_exercised_by_the_runs_below():
