@@ -45,7 +45,7 @@ def test_what_only_the_models_reveal_stops_the_run_before_it_starts(tmp_path, pa
 
 
 def test_default_matrix_compressors_are_exercised_by_the_runs_below():
-    covered = {c.label for m in ("quick", "quant", "prune", "lowrank") for c in load_matrix(m).compressors}
+    covered = {c.label for m in ("quick", "quant", "prune", "lowrank", "distill") for c in load_matrix(m).compressors}
     covered.add("cast(dtype=bf16)")  # the same code path as fp16, tested in test_quantize
     assert {c.label for c in load_matrix("default").compressors} <= covered
 
@@ -70,8 +70,12 @@ def test_quick_matrix_end_to_end(tmp_path):
     assert accuracy > 0.6  # 5 topics: chance is 0.2
     perplexity = ok[(ok.metric == "perplexity") & (ok.compressor == "identity")].value.iloc[0]
     assert 5 < perplexity < 100  # SmolLM2 on English news prose
-    assert set(ok.compressor) == {"identity", "cast", "int8-dynamic"}
+    assert set(ok.compressor) == {"identity", "cast", "int8-dynamic", "chain"}
     assert set(ok.task) == {"bbc-topic", "lm-bbc"}
+    chain = ok[ok.compressor == "chain"]
+    assert set(chain.stage) == {1, 2, 3} and set(chain.task) == {"bbc-topic"}  # each stage measured
+    sizes = chain[chain.metric == "size_bytes"].sort_values("stage").value.tolist()
+    assert sizes[0] > sizes[1] > sizes[2]  # a 3-layer student, then half of it, then int8
 
 
 @pytest.mark.slow
