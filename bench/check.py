@@ -34,6 +34,7 @@ Exit codes (bench.cli): 0 every check held, 1 a check broke, 2 bad input (`Budge
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ METRICS = {
 AGAINST = ("baseline", "baseline-run")
 JUDGES = ("point", "lenient", "strict")
 KEYS = {"name", "match", "metric", "min", "max", "against", "judge", "task", "device", "optional"}
+NOT_IN_BASELINE = "not in the baseline run"
 EPS = 1e-9  # an exact 1.0 pt drop computed in floats must not read as more than 1.0 pt
 
 
@@ -297,6 +299,11 @@ def check_run(run_dir: str | Path, budgets: list[Budget], baseline_dir: str | Pa
             mine.append(Result(budget, status, message=f"matches no {'measured ' if matched else ''}cell of the run"
                                + (" that records " + _reads(budget) if matched else "")
                                + (" (optional)" if budget.optional else "")))
+        absent = [r for r in mine if r.message.startswith(NOT_IN_BASELINE)]
+        if absent and len(absent) == sum(r.variant is not None and r.variant.status == OK for r in mine):
+            # not one measured variant has a counterpart: a wrong --baseline, not a set of new variants
+            mine.append(Result(budget, BROKEN, message=f"none of the {len(absent)} measured variants it matches is "
+                               f"in the baseline run {reference.path}: is that the run to compare with?"))
         results += mine
     return results
 
@@ -383,8 +390,10 @@ def _against_baseline(budget: Budget, variant: Variant, run: _Run) -> tuple[floa
 
 def _against_run(budget: Budget, variant: Variant, run: _Run, reference: _Run) -> tuple[float, tuple | None]:
     ref = next((v for v in reference.variants if v.cell_id == variant.cell_id and v.stage == variant.stage), None)
+    if ref is None:  # the same variant under another id (e.g. a task option added since): match what defines it
+        ref = next((v for v in reference.variants if _identity(v) == _identity(variant)), None)
     if ref is None:
-        raise _NoReference(f"not in the baseline run {reference.path.name} (a new variant: nothing to compare)")
+        raise _NoReference(f"{NOT_IN_BASELINE} {reference.path.name} (a new variant: nothing to compare)")
     if ref.status != OK:
         raise _NoReference(f"the baseline run's cell ended in {ref.status}: nothing to compare")
     if budget.metric == "size_ratio":
@@ -403,6 +412,12 @@ def _against_run(budget: Budget, variant: Variant, run: _Run, reference: _Run) -
         raise _NotMeasured(f"no per-example scores of this cell in both runs ({run.path / 'scores'}, "
                            f"{reference.path / 'scores'}): the change cannot be judged on the same examples")
     return measured
+
+
+def _identity(variant: Variant) -> tuple:
+    """What defines a variant apart from its cell id (as `compbench compare` matches runs)."""
+    return (variant.task, variant.model, variant.compressor, json.dumps(variant.params, sort_keys=True),
+            variant.device, variant.stage)
 
 
 def _pair_from_scores(base_run: _Run, base: Variant, run: _Run, variant: Variant,
@@ -493,7 +508,8 @@ def _table(results: list[Result]) -> str:
     widths = [min(max(len(str(row[i])) for row in [header] + body), 60) for i in range(len(header) - 1)]
     lines = []
     for row in [header] + body:
-        cells = [str(c)[:w].ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [str(row[-1])]
+        cells = [(str(c) if len(str(c)) <= w else str(c)[:w - 1] + "…").ljust(w)
+                 for c, w in zip(row[:-1], widths, strict=True)] + [str(row[-1])]
         lines.append("  ".join(cells).rstrip())
         if row is header:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 9)
@@ -559,6 +575,8 @@ def _fmt(value: float | None, unit: str | None, bare: bool = False) -> str:
 
     if value is None:
         return "–"
+    if abs(value) < 5e-13:
+        value = 0.0  # no "-0"
     if unit == "pt":
         text = f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 10 else f"{value:.1f}"
     elif unit in ("%", "x"):

@@ -319,3 +319,25 @@ def test_chain_stages_are_checked_one_by_one_against_a_baseline_run(tmp_path):
     assert results[(1, 2)].status == BROKEN and results[(1, 2)].value == pytest.approx(3.0)
     assert results[(2, 1)].status == BROKEN and results[(2, 2)].status == HELD  # 90/70 = 1.29x, 90/20 = 4.5x
     assert results[(1, 2)].variant.label.endswith("· stage 2")
+
+
+def test_a_baseline_run_without_any_of_the_variants_breaks_the_budget(tmp_path):
+    before, after = two_runs(tmp_path, flipped=0)
+    other = write_run(tmp_path / "other", cell_rows("x", "identity", task="lm-bbc", model="smollm2-135m",
+                                                    perplexity=25.0, size_bytes=5e8))
+    path = budgets(tmp_path, '[[budget]]\nmetric = "size_ratio"\nagainst = "baseline-run"\nmin = 0.95\n')
+    results = check_run(after, load_budgets(path), other)
+    assert [r.status for r in results] == [SKIPPED, SKIPPED, BROKEN]
+    assert "none of the 2 measured variants it matches is in the baseline run" in results[-1].message
+
+
+def test_cells_renamed_since_the_baseline_run_are_matched_by_what_defines_them(tmp_path):
+    before, after = two_runs(tmp_path, flipped=0)
+    rows = [r for r in realistic_rows() if r.cell_id == "int8" and r.metric == "size_bytes"]  # 59.9 MB
+    for row in rows:
+        row.cell_id = "int8-new-id"  # e.g. a task option added since the baseline run changes every cell id
+    append_rows(after, rows)
+    path = budgets(tmp_path, '[[budget]]\nmatch = "int8-dynamic*"\nmetric = "size_ratio"\nagainst = "baseline-run"\n'
+                             'min = 0.95\n')
+    results = {r.variant.cell_id: r for r in check_run(after, load_budgets(path), before)}
+    assert results["int8-new-id"].status == HELD and results["int8-new-id"].value == pytest.approx(60 / 59.9)
