@@ -2,6 +2,7 @@
 with a table), bad budget files (exit 2, one line), paired judgement, baseline runs, JUnit XML;
 and `compbench run` exiting 1 when a cell ends in error."""
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -341,3 +342,42 @@ def test_cells_renamed_since_the_baseline_run_are_matched_by_what_defines_them(t
                              'min = 0.95\n')
     results = {r.variant.cell_id: r for r in check_run(after, load_budgets(path), before)}
     assert results["int8-new-id"].status == HELD and results["int8-new-id"].value == pytest.approx(60 / 59.9)
+
+
+# ---- the shipped budgets on the committed baseline run of the quick matrix ----------------------------
+
+BASELINE_RUN = bench.runner.Path(__file__).parents[1] / "results" / "baselines" / "quick-baseline"
+SHIPPED = BASELINE_RUN.parents[2] / "bench" / "budgets"
+
+
+def test_shipped_budgets_hold_on_the_committed_quick_baseline(capsys):
+    assert main(["check", str(BASELINE_RUN), "--budget", str(SHIPPED / "example.toml")]) == 0
+    assert main(["check", str(BASELINE_RUN), "--budget", str(SHIPPED / "regression.toml"),
+                 "--baseline", str(BASELINE_RUN)]) == 0
+    assert "0 broken" in capsys.readouterr().out
+
+
+def test_a_regression_against_the_committed_baseline_is_caught(tmp_path, capsys):
+    import shutil
+
+    from bench.results import read_rows
+
+    run = tmp_path / "ci"
+    shutil.copytree(BASELINE_RUN, run)
+    int8 = next(r["cell_id"] for r in read_rows(run) if r["compressor"] == "int8-dynamic" and r["task"] == "bbc-topic"
+                and r["device"] == "cpu")
+    scores_path = run / "scores" / f"{int8}.json"
+    scores = json.loads(scores_path.read_text())
+    labels = scores["accuracy"]["label"]
+    for i in range(4):  # four held-out answers of int8 turn wrong: 4.2 points on 96 examples
+        scores["accuracy"]["prediction"][i] = (labels[i] + 1) % 5
+    scores_path.write_text(json.dumps(scores))
+    junit = tmp_path / "check.xml"
+    code = main(["check", str(run), "--budget", str(SHIPPED / "regression.toml"), "--baseline", str(BASELINE_RUN),
+                 "--junit", str(junit)])
+    out = capsys.readouterr().out
+    assert code == 1
+    (line,) = [line for line in out.splitlines() if line.startswith("BROKEN  ")]
+    assert "int8-dynamic (backend=torch)" in line and "4.17 pt" in line and "3.17 pt over" in line
+    root = ET.parse(junit).getroot()
+    assert int(root.get("failures")) == 1 and len(root.findall(".//testcase")) == int(root.get("tests"))
