@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Pick the variant of a run that meets every constraint and is best on the "
                                      "remaining axis (speed, size or quality), from the Pareto front. Without a "
                                      "quality bound the default applies: accuracy down <= 1 pt, perplexity up "
-                                     "<= 5%%. Exit 1 when nothing qualifies (it says what fails and by how much).",
+                                     "<= 5%. Exit 1 when nothing qualifies (it says what fails and by how much).",
                          epilog=RECOMMEND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     rec.add_argument("run_dir", type=Path, help="a run folder, e.g. results/<run_id>")
     rec.add_argument("--task", help="only this task (default: every task of the run)")
