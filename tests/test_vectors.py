@@ -181,11 +181,14 @@ def test_bad_input_is_one_line(call, match):
     assert "\n" not in str(info.value)
 
 
-def test_mlps_are_registered_in_the_zoo():
-    registry = pytest.importorskip("bench.zoo.registry")
-    entry = registry.model_entry("mlp-30x2")
-    assert entry is not None and entry.tokenizer is None and entry.loader is not None
-    request = registry.LoadRequest(name="mlp-30x2", kind="classification", train_data=vector_splits("digits")[0],
-                                   fine_tune=False, num_labels=10)
-    student = entry.loader(request)
+def test_mlps_are_registered_in_the_zoo_and_load_as_students():
+    from bench.zoo.models import load_student
+    from bench.zoo.registry import model_entry
+
+    entry = model_entry("mlp-30x2")
+    assert entry is not None and entry.tokenizer is None and entry.kinds == ("classification",)
+    student = load_student("mlp-30x2", "classification", num_labels=10, seed=0,
+                           train_data=vector_splits("digits")[0])
     assert student.module.layers[0].in_features == 64 and student.module.classifier.out_features == 10
+    fresh = untrained_mlp("mlp-30x2", 64, 10, seed=0)
+    assert torch.equal(student.module.layers[0].weight, fresh.module.layers[0].weight)

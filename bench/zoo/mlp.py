@@ -314,10 +314,7 @@ def load_mlp(name: str, train: VectorDataset, seed: int = 0, fine_tune: bool = T
 
 
 def _register() -> None:
-    try:
-        from bench.zoo.registry import LoadRequest, ModelEntry, register_model
-    except ImportError:  # the registry is not there (yet): load_mlp still works
-        return
+    from bench.zoo.registry import LoadRequest, ModelEntry, register_model
 
     def loader(request: LoadRequest) -> TorchModel:
         return load_mlp(request.name, request.train_data, request.seed, request.fine_tune, request.progress,
