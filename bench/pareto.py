@@ -83,7 +83,8 @@ class Variant:
         quality_paired: whether quality_change comes from the paired rows (else a plain difference).
         quality_unit: "pt" or "%"; quality_higher_is_better: True for accuracy, False for perplexity.
         size_bytes: the saved artifact on disk; size_ratio: baseline bytes / variant bytes ("x smaller").
-        speedup, speedup_ci: baseline p50 / variant p50, timed interleaved in one process, with its interval.
+        speedup, speedup_ci: baseline p50 / variant p50, timed interleaved in one process, with its interval;
+            the baseline's is 1 by definition (its timing against itself, the noise, is details["self_speedup"]).
         latency_p50_ms: the variant's own p50 (compare speed across cells with `speedup`, not this).
         compress_seconds: wall time of compress().
         artifact: path of the kept artifact (compbench run --keep-artifacts), as the rows record it.
@@ -167,6 +168,9 @@ def variants_from_rows(rows: Any, labels: dict[str, str] | None = None) -> list[
         if variant is base:
             variant.is_baseline = True
             variant.size_ratio = 1.0 if variant.size_bytes else None
+            if variant.speedup is not None:  # by definition 1x; its timing against itself is the noise
+                variant.details["self_speedup"] = (variant.speedup, variant.speedup_ci)
+                variant.speedup, variant.speedup_ci = 1.0, None
             if variant.quality is not None:
                 variant.quality_change, variant.quality_change_ci, variant.quality_paired = 0.0, (0.0, 0.0), True
             continue

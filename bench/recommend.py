@@ -89,6 +89,11 @@ class Recommendation:
     relaxations: list[str] = field(default_factory=list)  # nothing qualifies: what would admit a variant
     nearest: list[tuple[Variant, list[Check]]] = field(default_factory=list)
     not_measured: list[Variant] = field(default_factory=list)  # skipped / error cells of this group
+    names: dict[tuple[str, int], str] = field(default_factory=dict)  # display names (long labels shortened)
+
+    def name(self, variant: Variant) -> str:
+        """The variant's label as the report prints it (a twenty-parameter label keeps what matters)."""
+        return self.names.get((variant.cell_id, variant.stage), variant.label)
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ def recommend(variants: list[Variant], constraints: Constraints, task: str | Non
         mine = [v for v in chosen if v.group == group]
         measured = [v for v in mine if v.status == OK]
         rec = Recommendation(*group, objective=objective, constraints=[],
-                             not_measured=[v for v in mine if v.status != OK])
+                             not_measured=[v for v in mine if v.status != OK], names=_short_names(mine))
         if not measured:
             out.append(rec)
             continue
@@ -169,7 +174,7 @@ def recommend(variants: list[Variant], constraints: Constraints, task: str | Non
             rec.alternatives = [v for v in ranked[1:] if id(v) in on_front]
             rec.ties = [v for v in ranked[1:] if _within_noise(v, rec.pick, objective)]
         else:
-            rec.relaxations = _relaxations(judged)
+            rec.relaxations = _relaxations(judged, rec.name)
             rec.nearest = sorted(((v, [c for c in checks if not c.holds]) for v, checks in judged),
                                  key=lambda item: (sum(c.shortfall for c in item[1]), len(item[1])))[:NEAREST]
         out.append(rec)
@@ -189,22 +194,23 @@ def render(recommendations: list[Recommendation], run_dir: Any = None) -> str:
             continue
         lines = [f"{head}", f"  constraints: {', '.join(rec.constraints)}; best on {rec.objective}"]
         if rec.pick is not None:
-            lines.append(f"  pick: {rec.pick.label}" + (" (the baseline itself: no variant does better within these "
-                                                           "constraints)" if rec.pick.is_baseline else ""))
+            itself = " (the baseline itself: no variant does better within these constraints)"
+            lines.append(f"  pick: {rec.name(rec.pick)}" + (itself if rec.pick.is_baseline else ""))
             lines += ["    " + line for line in describe(rec.pick, sig3, run_dir)]
             lines += [f"    caution: {c.uncertain}" for c in rec.checks if c.uncertain]
             if rec.ties:
-                ties = "; ".join(f"{v.label} ({_objective_text(v, rec.objective, sig3)})" for v in rec.ties[:3])
+                ties = "; ".join(f"{rec.name(v)} ({_objective_text(v, rec.objective, sig3)})" for v in rec.ties[:3])
                 lines.append(f"    as good on {rec.objective} within its interval: {ties}")
             if rec.alternatives:
                 lines.append("  also on the Pareto front and within the constraints:")
-                lines += [f"    {v.label}: {_summary(v, sig3)}" for v in rec.alternatives[:4]]
+                lines += [f"    {rec.name(v)}: {_summary(v, sig3)}" for v in rec.alternatives[:4]]
         else:
             lines.append("  nothing qualifies.")
             lines += [f"  {text}" for text in rec.relaxations]
             lines.append("  nearest variants (what each misses):")
             for v, misses in rec.nearest:
-                lines.append(f"    {v.label}: " + "; ".join(f"{c.name}: {c.measured}, {c.missed_by}" for c in misses))
+                missed = "; ".join(f"{c.name}: {c.measured}, {c.missed_by}" for c in misses)
+                lines.append(f"    {rec.name(v)}: {missed}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -225,8 +231,13 @@ def describe(variant: Variant, sig3, run_dir: Any = None) -> list[str]:
     size = f"size on disk {variant.size_bytes / 1e6:.1f} MB" if variant.size_bytes else "size not measured"
     if variant.size_ratio and not variant.is_baseline:
         size += f" ({sig3(variant.size_ratio)}x smaller)"
-    speed = f"speed-up {_ratio(variant.speedup, variant.speedup_ci)} (timed against the baseline in one process)" \
-        if variant.speedup is not None else "speed-up not measured"
+    if variant.is_baseline and "self_speedup" in variant.details:
+        value, ci = variant.details["self_speedup"]
+        speed = f"speed-up 1x by definition (timed against itself: {_ratio(value, tuple(ci) if ci else None)})"
+    elif variant.speedup is not None:
+        speed = f"speed-up {_ratio(variant.speedup, variant.speedup_ci)} (timed against the baseline in one process)"
+    else:
+        speed = "speed-up not measured"
     latency = f", p50 {sig3(variant.latency_p50_ms)} ms" if variant.latency_p50_ms is not None else ""
     lines.append(f"{size}; {speed}{latency}")
     made = f"made with: {variant.compressor}"
@@ -323,21 +334,34 @@ def _within_noise(other: Variant, pick: Variant, objective: str) -> bool:
     return False
 
 
-def _relaxations(judged: list[tuple[Variant, list[Check]]]) -> list[str]:
+def _relaxations(judged: list[tuple[Variant, list[Check]]], name=lambda v: v.label) -> list[str]:
     """Per failing constraint: the variant meeting every other constraint that misses this one least."""
-    names = list(dict.fromkeys(c.name for _, checks in judged for c in checks if not c.holds))
+    failing = list(dict.fromkeys(c.name for _, checks in judged for c in checks if not c.holds))
     out = []
-    for name in names:
+    for bound in failing:
         admitted = [(v, c) for v, checks in judged for c in checks
-                    if c.name == name and not c.holds and all(o.holds for o in checks if o.name != name)]
+                    if c.name == bound and not c.holds and all(o.holds for o in checks if o.name != bound)]
         admitted = [(v, c) for v, c in admitted if c.shortfall != float("inf")]
         if admitted:
             v, c = min(admitted, key=lambda item: item[1].shortfall)
-            out.append(f"{name}: fails for every variant that meets the other constraints; the nearest, {v.label}, "
+            out.append(f"{bound}: fails for every variant that meets the other constraints; the nearest, {name(v)}, "
                        f"has {c.measured} ({c.missed_by}).")
     if not out:
         out.append("no variant meets all but one constraint; the nearest miss several (below).")
     return out
+
+
+def _short_names(variants: list[Variant]) -> dict[tuple[str, int], str]:
+    """The report's display names (`bench.report.tables.short_labels`), keyed by (cell_id, stage)."""
+    import json
+
+    import pandas as pd
+
+    from bench.report.tables import short_labels
+
+    table = pd.DataFrame({"params_json": [json.dumps(v.params, sort_keys=True) for v in variants],
+                          "compressor": [v.compressor for v in variants], "label": [v.label for v in variants]})
+    return {(v.cell_id, v.stage): name for v, name in zip(variants, short_labels(table), strict=True)}
 
 
 def _change(variant: Variant) -> str:

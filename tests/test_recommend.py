@@ -47,6 +47,9 @@ def test_variants_carry_paired_change_size_ratio_speedup_and_artifact(variants):
     assert lm.quality_change == pytest.approx(3.5) and lm.quality_gain == pytest.approx(-3.5)
     base = by_label(variants, "identity")
     assert base.is_baseline and base.quality_change == 0 and base.size_ratio == 1
+    lm_base = by_label(variants, "identity", task="lm-bbc")  # timed against itself at 1.0x [0.95, 1.05]
+    assert lm_base.speedup == 1.0 and lm_base.speedup_ci is None  # 1x by definition; the noise stays in details
+    assert lm_base.details["self_speedup"] == (1.0, (0.95, 1.05))
     assert {v.status for v in variants if v.cell_id in ("nf4", "bad", "gpu")} == {"skipped", "error"}
     assert by_label(variants, "cast").details["cell_label"] == LABELS["fp16"]
 
@@ -95,7 +98,9 @@ def test_default_quality_budget_applies_without_a_quality_bound(variants):
     assert recs["bbc-topic"].pick.label.startswith("int8-static")  # fastest within 1 pt
     assert recs["lm-bbc"].constraints == ["perplexity up <= 5% (default)"]
     assert recs["lm-bbc"].pick.label.startswith("identity")  # int8 is faster but +209% perplexity
-    assert "the baseline itself" in render([recs["lm-bbc"]])
+    text = render([recs["lm-bbc"]])
+    assert "the baseline itself" in text
+    assert "speed-up 1x by definition (timed against itself: 1.00x [0.95, 1.05])" in text
 
 
 def test_nothing_qualifies_says_which_constraint_fails_and_by_how_much(variants):
