@@ -7,7 +7,7 @@ A budgets file (TOML) holds `[[budget]]` tables:
                               # label ("int8-dynamic (backend=torch)") or the compressor name; default "*"
     metric = "accuracy_drop"  # see METRICS below, or any metric the run records (absolute)
     max = 1.0                 # and/or min
-    # optional: name, task, device, against, judge, optional
+    # optional: name, task, device, stage, against, judge, optional
 
 Metrics relative to a reference (`against`):
     accuracy_drop        percentage points below the reference's accuracy, from the PAIRED comparison
@@ -26,6 +26,7 @@ an absolute value in the row's unit (accuracy is a fraction: min = 0.9).
 `judge` says how a 95% interval counts: "point" (the estimate against the bound), "lenient" (broken
 only when the whole interval is past the bound: beyond its measured noise), "strict" (held only when
 the whole interval is within). Default: "lenient" for speedup (timing noise), "point" otherwise.
+`stage`: only this stage of a chain (a number, or "last": the chain's final model); single methods are stage 1.
 `optional = true`: a budget that matches no cell is skipped instead of broken.
 
 Exit codes (bench.cli): 0 every check held, 1 a check broke, 2 bad input (`BudgetError`, one line).
@@ -56,7 +57,7 @@ METRICS = {
 }
 AGAINST = ("baseline", "baseline-run")
 JUDGES = ("point", "lenient", "strict")
-KEYS = {"name", "match", "metric", "min", "max", "against", "judge", "task", "device", "optional"}
+KEYS = {"name", "match", "metric", "min", "max", "against", "judge", "task", "device", "stage", "optional"}
 NOT_IN_BASELINE = "not in the baseline run"
 EPS = 1e-9  # an exact 1.0 pt drop computed in floats must not read as more than 1.0 pt
 
@@ -79,6 +80,7 @@ class Budget:
     judge: str = "point"
     task: str | None = None
     device: str | None = None
+    stage: int | str | None = None  # a chain stage: its number, or "last"; None = every stage
     optional: bool = False
 
     @property
@@ -215,12 +217,16 @@ def parse_budgets(data: dict[str, Any], source: str = "budgets", run_metrics: se
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise BudgetError(f"{where}.{key}: expected a non-empty string, got {value!r}")
             strings[key] = value
+        stage = entry.get("stage")
+        if stage is not None and stage != "last" and (isinstance(stage, bool) or not isinstance(stage, int)
+                                                      or stage < 0):
+            raise BudgetError(f'{where}.stage: expected a stage number (0, 1, 2, ...) or "last", got {stage!r}')
         optional = entry.get("optional", False)
         if not isinstance(optional, bool):
             raise BudgetError(f"{where}.optional: expected true or false, got {optional!r}")
         budgets.append(Budget(index=index, metric=metric, min=bounds["min"], max=bounds["max"],
                               match=strings["match"] or "*", name=strings["name"], against=against, judge=judge,
-                              task=strings["task"], device=strings["device"], optional=optional))
+                              task=strings["task"], device=strings["device"], stage=stage, optional=optional))
     return budgets
 
 
@@ -286,7 +292,9 @@ def check_run(run_dir: str | Path, budgets: list[Budget], baseline_dir: str | Pa
                           "pass --baseline RUN_DIR (e.g. results/baselines/quick-baseline)")
     results = []
     for budget in budgets:
-        matched = [v for v in run.variants if _matches(budget, v, run.labels.get(v.cell_id))]
+        matched = [v for v in run.variants if _matches(budget, v, run.labels.get(v.cell_id))
+                   and (budget.stage is None or v.stage == (run.last_stage.get(v.cell_id, v.stage)
+                                                            if budget.stage == "last" else budget.stage))]
         mine = []
         for variant in matched:
             if budget.against == "baseline" and variant.compressor == BASELINE:

@@ -381,3 +381,13 @@ def test_a_regression_against_the_committed_baseline_is_caught(tmp_path, capsys)
     assert "int8-dynamic (backend=torch)" in line and "4.17 pt" in line and "3.17 pt over" in line
     root = ET.parse(junit).getroot()
     assert int(root.get("failures")) == 1 and len(root.findall(".//testcase")) == int(root.get("tests"))
+
+
+def test_a_budget_can_name_a_chain_stage(tmp_path):
+    run = write_run(tmp_path / "r", chain_rows())
+    for stage, expected in (("last", [2]), (1, [1]), (None, [1, 2])):
+        line = "" if stage is None else (f'stage = "{stage}"\n' if stage == "last" else f"stage = {stage}\n")
+        path = budgets(tmp_path, f'[[budget]]\nmatch = "chain*"\nmetric = "size_ratio"\nmin = 4\n{line}')
+        assert [r.variant.stage for r in check_run(run, load_budgets(path))] == expected
+    with pytest.raises(Exception, match='stage: expected a stage number'):
+        load_budgets(budgets(tmp_path, '[[budget]]\nmetric = "size_ratio"\nmin = 4\nstage = "first"\n'))
