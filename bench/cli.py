@@ -236,6 +236,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         results = check_run(run_dir, budgets, baseline)
     except BudgetError as exc:
         raise UserError(str(exc)) from None
+    if baseline is not None and not any(b.against == "baseline-run" for b in budgets):
+        print(f"note: --baseline {baseline} is not used: no budget in {args.budget} has against = \"baseline-run\"",
+              file=sys.stderr)
     print(render(results, run_dir, args.budget, baseline, verbose=args.verbose), end="")
     if args.junit is not None:
         print(f"junit: {write_junit(results, args.junit, run_dir, args.budget)}", file=sys.stderr)

@@ -391,3 +391,9 @@ def test_a_budget_can_name_a_chain_stage(tmp_path):
         assert [r.variant.stage for r in check_run(run, load_budgets(path))] == expected
     with pytest.raises(Exception, match='stage: expected a stage number'):
         load_budgets(budgets(tmp_path, '[[budget]]\nmetric = "size_ratio"\nmin = 4\nstage = "first"\n'))
+
+
+def test_an_unused_baseline_run_is_pointed_out(tmp_path, run_dir, capsys):
+    path = budgets(tmp_path, '[[budget]]\nmatch = "int8-static (*"\nmetric = "size_ratio"\nmin = 3.5\n')
+    assert main(["check", str(run_dir), "--budget", str(path), "--baseline", str(run_dir)]) == 0
+    assert 'is not used: no budget in' in capsys.readouterr().err
