@@ -61,8 +61,8 @@ def check_vector_model(spec: TaskSpec) -> None:
     from bench.zoo.mlp import MLP_ZOO
 
     if spec.model not in MLP_ZOO:
-        raise ZooError(f"task {spec.name!r} classifies feature vectors ({spec.dataset}); its model must be an MLP "
-                       f"of the zoo ({', '.join(MLP_ZOO)}), got {spec.model!r}")
+        raise ZooError(f"task {spec.name!r}: dataset {spec.dataset!r} holds images as feature vectors; its model "
+                       f"must be an MLP of the zoo ({', '.join(MLP_ZOO)}), got {spec.model!r}")
 
 
 def counts(ds: VectorDataset, index: Sequence[int]) -> dict[str, Any]:
