@@ -39,6 +39,11 @@ def validate_matrix(matrix: Matrix, policy: LoadPolicy | None = None) -> None:
         except (ZooError, ValueError) as exc:
             raise ConfigError(f"{where}: {str(exc).removeprefix(f'task {task.name!r}: ')}") from None
         if hasattr(test, "texts"):  # vector splits are never empty (bench.zoo.vectors)
+            from bench.zoo.mlp import MLP_ZOO
+
+            if task.model in MLP_ZOO:
+                raise ConfigError(f"{where}: model {task.model!r} is an MLP over feature vectors; use it with the "
+                                  "digits or fashion-mnist task")
             check_held_out(task, len(train), [*test.texts], where, policy)
         check_compressors_against_models(matrix, task, where, policy)
 

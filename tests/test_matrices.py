@@ -86,3 +86,10 @@ def test_quant_matrix_classifier_cells_end_to_end(tmp_path):
     assert (accuracy > 0.5).all(), accuracy.to_string()
     ran = set(ok.compressor)
     assert {"identity", "onnx", "int8-dynamic", "int8-static", "weight-only"} <= ran
+
+
+def test_an_mlp_on_a_text_task_stops_before_the_run(tmp_path):
+    (tmp_path / "m.toml").write_text('[[task]]\nname = "bbc-topic"\nmodel = "mlp-30x2"\n\n'
+                                     '[[compressor]]\nname = "identity"\n')
+    result = compbench("run", "m.toml", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 2 and "is an MLP over feature vectors" in result.stderr
