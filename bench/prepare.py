@@ -20,7 +20,11 @@ def main(argv: list[str]) -> int:
 
         spec = TaskSpec(**payload["task"])
         train, _ = load_splits(spec, payload["seed"])
-        prepare_model(spec.model, spec.type, train_data=train, max_length=spec.max_length, seed=payload["seed"])
+        notes = prepare_model(spec.model, spec.type, train_data=train, max_length=spec.max_length,
+                              seed=payload["seed"])
+        if payload.get("notes_file"):  # the model's notes (a teacher's validation curve) for the run's manifest
+            with open(payload["notes_file"], "w", encoding="utf-8") as f:
+                json.dump(list(notes), f)
     except Exception as exc:  # reported as the reason on every cell of this task
         print(f"{type(exc).__name__}: {exc}")
         return 1

@@ -181,12 +181,14 @@ def save_scores(run_dir: Path, cell: dict[str, Any], outcome: CellOutcome) -> No
         tmp.replace(target)
 
 
-def prepare_task(task: dict[str, Any], seed: int) -> str | None:
+def prepare_task(task: dict[str, Any], seed: int, notes_file: Path | None = None) -> str | None:
     """Build the task's model caches (teacher fine-tune, GGUF dequantization) in a subprocess.
 
-    Its progress bars go to the terminal. Returns None, or the reason it failed.
+    Its progress bars go to the terminal; with `notes_file`, the model's notes (e.g. how the
+    teacher was trained: its validation curve) are written there as a JSON list.
+    Returns None, or the reason it failed.
     """
-    payload = json.dumps({"task": task, "seed": seed})
+    payload = json.dumps({"task": task, "seed": seed, "notes_file": str(notes_file) if notes_file else None})
     proc = subprocess.run([sys.executable, "-m", "bench.prepare", payload], stdout=subprocess.PIPE,
                           stderr=None, text=True)
     if proc.returncode != 0:
@@ -251,9 +253,14 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
             prepared.add(key)
             if progress:
                 print(f"preparing {cell['task']['model']} for {cell['task']['name']} ...", file=sys.stderr)
-            reason = prepare_task(cell["task"], matrix.seed)
+            notes_file = run_dir / f".notes-{cell['id']}.json"
+            reason = prepare_task(cell["task"], matrix.seed, notes_file)
             if reason:
                 failed_prepare[key] = reason
+            elif notes_file.is_file():  # the model's notes as loaded (a teacher's validation curve) go to the report
+                manifest.setdefault("model_notes", {})[cell["task"]["model"]] = json.loads(notes_file.read_text())
+                notes_file.unlink()
+                write_manifest(run_dir, manifest)
         if key in failed_prepare:
             append_rows(run_dir, rows_for(run_id, cell, CellOutcome(
                 records=[{"kind": ERROR, "reason": f"model or data failed to load: {failed_prepare[key]}"}])))

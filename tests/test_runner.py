@@ -84,6 +84,9 @@ def test_manifest_and_report(tiny_run):
     assert manifest["matrix"]["name"] == "tiny" and manifest["finished"]
     assert (tiny_run / "reports" / "t1" / "index.md").exists()
     assert (tiny_run / "reports" / "t1" / "index.html").exists()
+    # how the teacher was trained (its validation curve) reaches the report's model notes
+    assert any("validation accuracy" in note for note in manifest["model_notes"]["tiny-bert"])
+    assert "validation accuracy" in (tiny_run / "reports" / "t1" / "index.md").read_text()
 
 
 def test_failing_cells_are_recorded_and_the_run_goes_on(tmp_path):
