@@ -513,15 +513,23 @@ def _table(results: list[Result]) -> str:
         body.append([r.status.upper() if r.status == BROKEN else r.status, r.budget.title,
                      r.variant.label if r.variant else f"(match {r.budget.match!r})", r.where, r.measured, limit,
                      r.message])
-    widths = [min(max(len(str(row[i])) for row in [header] + body), 60) for i in range(len(header) - 1)]
+    caps = [7, 48, 64, 40, 40, 30]  # status, budget, variant, where, measured, limit
+    widths = [min(max(len(str(row[i])) for row in [header] + body), cap) for i, cap in enumerate(caps)]
     lines = []
     for row in [header] + body:
-        cells = [(str(c) if len(str(c)) <= w else str(c)[:w - 1] + "…").ljust(w)
-                 for c, w in zip(row[:-1], widths, strict=True)] + [str(row[-1])]
+        cells = [_cut(str(c), w).ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [str(row[-1])]
         lines.append("  ".join(cells).rstrip())
         if row is header:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 9)
     return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` in `width` characters; a long one keeps its end too (a chain label ends in its stage)."""
+    if len(text) <= width:
+        return text
+    tail = min(12, width // 3)
+    return text[: width - tail - 1] + "…" + text[-tail:]
 
 
 def write_junit(results: list[Result], path: str | Path, run_dir: Path, budget_file: Path | str) -> Path:
