@@ -23,8 +23,11 @@ def _lines(section: str) -> list[str]:
             f"{'<directory>':16} a model saved with save_pretrained"]
     if section == "datasets":
         from bench.zoo.data import known_datasets
+        from bench.zoo.vectors import known_vector_datasets
 
-        return [f"{name:16} {text}" for name, text in known_datasets().items()] + [
+        named = {**known_datasets(), **{name: f"{text}; the task of the same name, with an mlp-* model"
+                                        for name, text in known_vector_datasets().items()}}
+        return [f"{name:16} {text}" for name, text in named.items()] + [
             f"{'<file>.txt':16} text for language modelling (paragraphs split on blank lines)",
             f"{'<file>.csv':16} classification data with 'text' and 'label' columns (also .jsonl)"]
     if section == "tasks":

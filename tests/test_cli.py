@@ -78,3 +78,9 @@ def test_list_shows_compressors_with_parameters(capsys):
     assert main(["list", "compressors"]) == 0
     out = capsys.readouterr().out
     assert "int8-dynamic" in out and "backend: str = 'torch'" in out
+
+
+def test_list_datasets_names_the_vector_datasets_too(capsys):
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "bbc-news" in out and "digits" in out and "fashion-mnist" in out
