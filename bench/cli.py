@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local: one subprocess per cell, one at a time; ray: one Ray task per cell")
     run.add_argument("--resume", action="store_true",
                      help="skip cells already on disk (with no --run-id: the latest run of this matrix)")
-    run.add_argument("--only", metavar="PATTERN",
-                     help="run only cells whose 'task/model/compressor(params)/device' matches (glob or substring)")
+    run.add_argument("--only", metavar="PATTERN", action="append",
+                     help="run only cells whose 'task/model/compressor(params)/device' matches (glob or substring); "
+                          "repeat it to run the cells matching any of several patterns")
     run.add_argument("--quick", action="store_true", help="small slices and a short timer (smoke test)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--trust-remote-code", action="store_true",

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from bench import provenance
 from bench.config import CompressorSpec, ConfigError, Matrix, TaskSpec
@@ -89,13 +89,14 @@ def with_companions(compressors: list[CompressorSpec]) -> tuple[list[CompressorS
     return specs, pairs
 
 
-def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None,
+def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | Sequence[str] | None = None,
                keep_artifacts_in: Path | None = None) -> list[dict[str, Any]]:
     """Every (task, device, compressor) cell, grouped by task so a model's cache stays warm.
 
     A compressor's companion (e.g. the no-teacher student of a distillation variant) is
     added when the matrix lacks it, and its cell runs whenever the variant's cell does.
     With `keep_artifacts_in`, each cell saves its artifact to <that folder>/<cell id>.
+    `only`: a pattern or several; a cell runs when its label matches any (glob or substring).
     """
     from bench.zoo import LoadPolicy
 
@@ -104,13 +105,14 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | None = None
     # a companion runs on the tasks of the variant that asked for it
     applies = {i: i for i in range(len(matrix.compressors))}
     applies.update({companion: variant for variant, companion in pairs.items() if companion not in applies})
+    patterns = [only] if isinstance(only, str) else list(only or ())
     cells = []
     seen: set[str] = set()
     for task in matrix.tasks:
         for device in devices:
             labels = [cell_label(task, c, device) for c in compressors]
             wanted = {i for i, label in enumerate(labels) if matrix.runs_on(applies[i], task.name)
-                      and (not only or fnmatch.fnmatch(label, only) or only in label)}
+                      and (not patterns or any(fnmatch.fnmatch(label, p) or p in label for p in patterns))}
             wanted |= {pairs[i] for i in wanted if i in pairs}
             for index, compressor in enumerate(compressors):
                 cid = cell_id(task, compressor, device)
@@ -198,7 +200,7 @@ def prepare_task(task: dict[str, Any], seed: int, notes_file: Path | None = None
 
 
 def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, ...], *,
-               executor: str = "local", resume: bool = False, only: str | None = None,
+               executor: str = "local", resume: bool = False, only: str | Sequence[str] | None = None,
                progress: bool = True, keep_artifacts: bool = False) -> Path:
     """Run every cell not yet on disk; returns the run directory.
 
@@ -209,6 +211,10 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
 
     run_dir = out_dir / run_id
     cells = plan_cells(matrix, devices, only, run_dir / "artifacts" if keep_artifacts else None)
+    if only and not cells:
+        example = cell_label(matrix.tasks[0], normalized(matrix.compressors[0]), devices[0])
+        raise ConfigError(f"--only {' / '.join(repr(p) for p in ([only] if isinstance(only, str) else only))} "
+                          f"matches no cell of matrix {matrix.name!r}; labels look like {example!r}")
     settings = measurement_settings(matrix)
     previous = read_manifest(run_dir) if resume else {}
     if previous.get("settings"):

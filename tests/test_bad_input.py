@@ -127,6 +127,8 @@ CASES = [
      ["parameter 'dtype' must be str"]),
     ("matrix-not-utf8", lambda t, m: run(t, _write_bytes(t, b'name = "caf\xe9"\n')), ["not UTF-8 text"]),
     ("missing-matrix", lambda t, m: run(t, str(t / "nope.toml")), ["nope.toml", "no such matrix file"]),
+    ("only-matches-nothing", lambda t, m: run(t, matrix(t), "--only", "*int8-dynamik*"),
+     ["matches no cell", "labels look like"]),
     ("unknown-shipped-matrix", lambda t, m: run(t, "defualt"), ["unknown matrix 'defualt'", "did you mean 'default'"]),
     # ---- models
     ("unknown-model", lambda t, m: run(t, matrix(t, task='name = "bbc-topic"\nmodel = "minilm-l7"')),

@@ -107,3 +107,11 @@ def test_a_compressor_can_be_limited_to_some_tasks(companion_method):
     raw["compressor"][1]["tasks"] = ["lm-bbx"]
     with pytest.raises(ConfigError, match="'lm-bbx', which is not a task of this matrix"):
         parse_matrix(raw)
+
+
+def test_several_only_patterns_run_the_cells_matching_any(companion_method):
+    m = matrix({"name": "identity"}, {"name": companion_method, "strength": [0.5, 2.0]})
+    assert len(plan_cells(m, ("cpu",))) == 4
+    assert [c["label"] for c in plan_cells(m, ("cpu",), only=["*identity*"])] == ["bbc-topic/tiny-bert/identity/cpu"]
+    both = plan_cells(m, ("cpu",), only=["*identity*", "*strength=2.0, use_teacher=True*"])
+    assert len(both) == 3  # the baseline, the variant and its companion
