@@ -4,6 +4,7 @@ and `compbench run` exiting 1 when a cell ends in error."""
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -397,3 +398,9 @@ def test_an_unused_baseline_run_is_pointed_out(tmp_path, run_dir, capsys):
     path = budgets(tmp_path, '[[budget]]\nmatch = "int8-static (*"\nmetric = "size_ratio"\nmin = 3.5\n')
     assert main(["check", str(run_dir), "--budget", str(path), "--baseline", str(run_dir)]) == 0
     assert 'is not used: no budget in' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "bench" / "budgets").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_budget_files_load(path):
+    assert load_budgets(path)
