@@ -13,9 +13,10 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bench import provenance
 from bench.config import CompressorSpec, ConfigError, Matrix, TaskSpec
