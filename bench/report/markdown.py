@@ -211,7 +211,8 @@ def _distillation(task: str, device: str, table: pd.DataFrame) -> list[Block]:
                   + "; ".join(companions(table, found)) + "."),
         Table(*kd_table(table, found), kind="flags")]
     for sweep in sweeps(table, found):
-        what = f"{sweep.compressor}" + (f", {sweep.fixed}" if sweep.fixed else "")
+        fixed = sweep.fixed or ""
+        what = fixed if fixed.startswith(sweep.compressor) else ", ".join(filter(None, [sweep.compressor, fixed]))
         title = f"{task} on {device}: gain from the teacher, {what}"
         png = heatmap_plot(sweep.grid, sweep.x_name, sweep.x_values, sweep.y_name or "", sweep.y_values, title,
                            sweep.unit)

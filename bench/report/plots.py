@@ -188,7 +188,8 @@ def heatmap_plot(grid: Sequence[Sequence[tuple[float, float | None, float | None
     bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
     bound = bound or 1.0
     rows, cols = values.shape
-    fig = Figure(figsize=(max(4.2, 1.25 * cols + 2.2), max(2.6, 0.75 * rows + 1.6)), dpi=DPI)
+    width = max(4.2, 1.25 * cols + 2.2)
+    fig = Figure(figsize=(width, max(2.6, 0.75 * rows + 1.6)), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     cmap = colormaps["RdBu"].with_extremes(bad="0.92")  # grey: a combination that was not run
@@ -209,7 +210,7 @@ def heatmap_plot(grid: Sequence[Sequence[tuple[float, float | None, float | None
     ax.set_yticks(range(rows), [_tick(v) for v in y_values])
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, width=int(width * 11)), fontsize=9)  # long variant names wrap, not clip
     bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
     bar.set_label(f"gain from the teacher ({unit}); blue: helps, red: hurts", fontsize=8)
     fig.tight_layout()
