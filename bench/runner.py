@@ -90,6 +90,11 @@ def with_companions(compressors: list[CompressorSpec]) -> tuple[list[CompressorS
     return specs, pairs
 
 
+def only_patterns(only: str | Sequence[str] | None) -> list[str]:
+    """--only as a list: one pattern, several, or none (every cell)."""
+    return [only] if isinstance(only, str) else list(only or ())
+
+
 def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | Sequence[str] | None = None,
                keep_artifacts_in: Path | None = None) -> list[dict[str, Any]]:
     """Every (task, device, compressor) cell, grouped by task so a model's cache stays warm.
@@ -106,7 +111,7 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | Sequence[st
     # a companion runs on the tasks of the variant that asked for it
     applies = {i: i for i in range(len(matrix.compressors))}
     applies.update({companion: variant for variant, companion in pairs.items() if companion not in applies})
-    patterns = [only] if isinstance(only, str) else list(only or ())
+    patterns = only_patterns(only)
     cells = []
     seen: set[str] = set()
     for task in matrix.tasks:
@@ -214,7 +219,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     cells = plan_cells(matrix, devices, only, run_dir / "artifacts" if keep_artifacts else None)
     if only and not cells:
         example = cell_label(matrix.tasks[0], normalized(matrix.compressors[0]), devices[0])
-        raise ConfigError(f"--only {' / '.join(repr(p) for p in ([only] if isinstance(only, str) else only))} "
+        raise ConfigError(f"--only {' / '.join(map(repr, only_patterns(only)))} "
                           f"matches no cell of matrix {matrix.name!r}; labels look like {example!r}")
     settings = measurement_settings(matrix)
     previous = read_manifest(run_dir) if resume else {}
