@@ -16,7 +16,7 @@ from transformers import (
 from compressors import build
 from compressors.artifacts import load_artifact
 from compressors.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
-from compressors.quantize.gptq import GPTQConfig, GPTQError, gptq_quantize
+from compressors.quantize.gptq import GPTQConfig, GPTQError, _input_groups, _Replay, gptq_quantize
 from compressors.quantize.packing import dequantize, quantize_tensor, unpack_int4
 from compressors.quantize.weight_only import PackedEmbedding, PackedLinear
 from compressors.surgery import conv1d_to_linear_
@@ -144,6 +144,32 @@ def test_tiny_llama_compresses_sequentially_and_reloads_exactly(tmp_path):
         rtn.save(tmp_path / "r").joinpath("model.safetensors").stat().st_size  # same format, same bytes
     reloaded = load_artifact(tmp_path / "g")
     assert torch.equal(reloaded.forward(ids()), quantized.forward(ids()))
+
+
+def test_true_sequential_groups_the_layers_that_share_an_input_in_call_order():
+    module = tiny_llama().module
+    records = []
+    block = module.model.layers[0]
+    handle = block.register_forward_pre_hook(lambda _m, args, kwargs: records.append((args, kwargs)) or None,
+                                             with_kwargs=True)
+    with torch.inference_mode():
+        module(**ids())
+    handle.remove()
+    replay = _Replay(block, records)
+    groups = _input_groups(replay, {"index": torch.tensor(0)}, lambda _name, _layer: False)
+    attention, mlp = "block.self_attn.", "block.mlp."
+    assert groups == [{attention + "q_proj", attention + "k_proj", attention + "v_proj"}, {attention + "o_proj"},
+                      {mlp + "gate_proj", mlp + "up_proj"}, {mlp + "down_proj"}]
+
+
+def test_true_sequential_changes_the_result_and_keeps_the_format():
+    model = tiny_llama()
+    params = {"bits": 4, "group_size": 32, "calibration_batches": 4}
+    one_pass = build("gptq", params).compress(model, context())
+    grouped = build("gptq", {**params, "true_sequential": True}).compress(model, context())
+    down = "model.layers.1.mlp.down_proj"
+    assert not torch.equal(grouped.module.get_submodule(down).codes, one_pass.module.get_submodule(down).codes)
+    assert grouped.provenance["quantized_linears"] == one_pass.provenance["quantized_linears"] == 14
 
 
 def test_tiny_gpt2_three_bits_with_float_minimums_reloads(tmp_path):
