@@ -85,21 +85,21 @@ def test_quick_matrix_end_to_end(tmp_path):
     assert len(speedups) == 3  # every stage timed against the teacher in the same process
 
 
-QUANT_BACKENDS = ("bbc-topic/*/identity/*", "bbc-topic/*/onnx/*", "bbc-topic/*/int8-*",
-                  "bbc-topic/*/weight-only(backend=torchao, bits=8*",
-                  "bbc-topic/*/weight-only(backend=packed, bits=4, group_size=128*",
-                  "bbc-topic/*/bnb-int8*", "bbc-topic/*/bnb-nf4*")
+# Kept short for `make test`: ONNX Runtime fp32 has its own test on the real MiniLM (test_onnx), torchao
+# weight-only and bitsandbytes theirs on small networks (test_weight_only, test_bnb_torchao).
+QUANT_BACKENDS = ("bbc-topic/*/identity/*", "bbc-topic/*/int8-*",
+                  "bbc-topic/*/weight-only(backend=packed, bits=4, group_size=128*")
 
 
 @pytest.mark.slow
 def test_quant_matrix_classifier_cells_end_to_end(tmp_path):
-    # one cell per backend (the packed format's other grids and bnb's fp4 share their cell's code path)
+    # int8 in torch.ao, ONNX Runtime and torchao, int8-static, the packed 4-bit format (its other grids share its code)
     ok = run_quick(tmp_path, "quant", *(arg for pattern in QUANT_BACKENDS for arg in ("--only", pattern)))
     accuracy = ok[ok.metric == "accuracy"].groupby(["compressor", "params"]).value.first()
     # every variant that ran keeps the classifier well above chance (0.2)
     assert (accuracy > 0.5).all(), accuracy.to_string()
     ran = set(ok.compressor)
-    assert {"identity", "onnx", "int8-dynamic", "int8-static", "weight-only"} <= ran
+    assert {"identity", "int8-dynamic", "int8-static", "weight-only"} <= ran
     assert set(ok[ok.compressor == "int8-dynamic"].params.map(lambda p: json.loads(p)["backend"])) == {
         "torch", "onnxruntime", "torchao"}
 
