@@ -1,8 +1,8 @@
 """The shipped matrices: every one is valid, and they run end to end on the real offline models.
 
 Running every shipped matrix in full would take most of the 15-minute test budget, so
-`quick` runs whole, and the `quant` matrix runs its classifier cells (every backend)
-in quick form; `default` only uses compressors that the family matrices (quant, prune,
+`quick` runs its baselines and its chain, and the `quant` matrix its int8 and packed 4-bit
+classifier cells, in quick form; `default` only uses compressors that the family matrices (quant, prune,
 lowrank) also ship, whose methods have their own tests on tiny models.
 """
 
@@ -68,8 +68,8 @@ def run_quick(tmp_path, matrix, *extra):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # about 2 minutes on an idle 2-core CPU (the chain trains and prunes); 6 when shared
 def test_quick_matrix_end_to_end(tmp_path):
-    # The chain and both baselines: cast and int8-dynamic run on the same models in the quant matrix's
-    # test below and in test_weight_only, so they are left out here to keep `make test` short.
+    # The chain and both baselines: int8-dynamic runs on the same models in the quant matrix's test below
+    # and casts have their own tests (test_quantize), so they are left out here to keep `make test` short.
     ok = run_quick(tmp_path, "quick", "--only", "*/identity/*", "--only", "bbc-topic/*/chain*")
     accuracy = ok[(ok.metric == "accuracy") & (ok.compressor == "identity")].value.iloc[0]
     assert accuracy > 0.6  # 5 topics: chance is 0.2
