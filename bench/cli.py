@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.config import ConfigError
+from bench.config.matrix import ConfigError
 from bench.zoo import LoadPolicy, ZooError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -37,8 +37,8 @@ report:  reports/<run_id>/index.md and index.html"""
 
 CHECK_EPILOG = """\
 examples:
-  compbench check results/<run> --budget bench/budgets/example.toml
-  compbench check results/<run> --budget bench/budgets/regression.toml \\
+  compbench check results/<run> --budget bench/config/budgets/example.toml
+  compbench check results/<run> --budget bench/config/budgets/regression.toml \\
       --baseline results/baselines/quick-baseline --junit check.xml
 exit codes: 0 every budget holds, 1 a budget is broken (a table says what broke), 2 bad input"""
 
@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     load = sub.add_parser("load", help="reload a kept artifact and run one forward (a smoke test)",
                           description="Reload an artifact compbench saved (compbench run --keep-artifacts) with "
-                                      "compressors.artifacts.load_artifact, run one forward on a small input and "
-                                      "print what it is: runtime, params, bytes on disk, output shape.")
+                                      "compressors.shared.artifacts.load_artifact, run one forward on a small "
+                                      "input and print what it is: runtime, params, bytes on disk, output shape.")
     load.add_argument("artifact", type=Path, help="an artifact folder, e.g. results/<run_id>/artifacts/<cell_id>")
     load.add_argument("--text", default=LOAD_TEXT, help="input text (default: a short news sentence)")
     load.add_argument("--batch", type=int, default=None,
@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Quality changes are the paired ones (same examples, same windows).",
                            epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("run_dir", type=Path, help="a run folder, e.g. results/<run_id>")
-    check.add_argument("--budget", type=Path, required=True, help="budgets TOML (see bench/budgets/example.toml)")
+    check.add_argument("--budget", type=Path, required=True,
+                       help="budgets TOML (see bench/config/budgets/example.toml)")
     check.add_argument("--baseline", type=Path, help="a baseline run folder for budgets with against = "
                                                      "\"baseline-run\" (e.g. results/baselines/quick-baseline)")
     check.add_argument("--junit", type=Path, help="also write JUnit XML here (one test case per check)")
@@ -170,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.config import load_matrix
-    from bench.executors import CELL_MEMORY_LIMIT_ENV
+    from bench.config.matrix import load_matrix
+    from bench.config.validate import validate_matrix
     from bench.paths import check_run_id
-    from bench.runner import run_matrix
-    from bench.validate import validate_matrix
+    from bench.run.executors import CELL_MEMORY_LIMIT_ENV
+    from bench.run.runner import run_matrix
 
     if args.run_id is not None:
         try:
@@ -228,7 +229,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bench.check import BudgetError, check_run, load_budgets, render, run_metrics, write_junit
+    from bench.gate.check import BudgetError, check_run, load_budgets, render, run_metrics, write_junit
 
     run_dir = _existing_run(args.run_dir)
     baseline = _existing_run(args.baseline) if args.baseline is not None else None
@@ -247,9 +248,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from bench.pareto import variants_from_rows
-    from bench.recommend import Constraints, recommend, render
-    from bench.results import read_manifest, read_rows
+    from bench.analysis.pareto import variants_from_rows
+    from bench.analysis.recommend import Constraints, recommend, render
+    from bench.results.store import read_manifest, read_rows
 
     run_dir = _existing_run(args.run_dir)
     try:
@@ -281,7 +282,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from bench.smoke import smoke_load
+    from bench.integrations.load import smoke_load
 
     for name in ("batch", "length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -295,7 +296,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench.listing import print_listing
+    from bench.integrations.listing import print_listing
 
     print_listing(args.what)
     return EXIT_OK
@@ -351,7 +352,7 @@ def _existing_run(path: Path) -> Path:
 
 
 def _summarise(run_dir: Path) -> None:
-    from bench.results import read_rows
+    from bench.results.store import read_rows
 
     status: dict[str, str] = {}
     for row in read_rows(run_dir):
@@ -366,7 +367,7 @@ def _summarise(run_dir: Path) -> None:
 
 def _failed_cells(run_dir: Path) -> list[str]:
     """"label (reason)" of every cell whose rows end in error (skipped cells are not failures)."""
-    from bench.results import ERROR, read_manifest, read_rows
+    from bench.results.store import ERROR, read_manifest, read_rows
 
     labels = read_manifest(run_dir).get("cells", {})
     failed: dict[str, str] = {}
@@ -379,7 +380,7 @@ def _failed_cells(run_dir: Path) -> list[str]:
 
 
 def _cell_count(run_dir: Path) -> int:
-    from bench.results import finished_cells
+    from bench.results.store import finished_cells
 
     return len(finished_cells(run_dir))
 

@@ -1,7 +1,7 @@
 """Forward latency of every variant of a matrix, timed by pytest-benchmark on the kept artifacts.
 
 The matrix runs once per session through the compbench pytest plugin (`compbench_run`), keeping
-each variant's artifact; every test reloads one artifact (compressors.artifacts.load_artifact)
+each variant's artifact; every test reloads one artifact (compressors.shared.artifacts.load_artifact)
 and times one forward on the input shape the run timed, with the run's thread count. Test ids
 are the cell labels, so pytest-benchmark's storage compares the same variants across commits:
 
@@ -24,8 +24,8 @@ def pytest_generate_tests(metafunc):
     """One test per cell of the matrix (ids: its cell labels, stable across commits)."""
     if "cell_label" not in metafunc.fixturenames:
         return
-    from bench.config import load_matrix
-    from bench.runner import plan_cells
+    from bench.config.matrix import load_matrix
+    from bench.run.runner import plan_cells
 
     config = metafunc.config
     name = config.getoption("compbench_matrix") or config.getini("compbench_matrix") or DEFAULT_MATRIX

@@ -9,7 +9,7 @@ in $COMPBENCH_PLUGINS or an entry point of group "compbench.compressors".
 import importlib
 import pkgutil
 
-from compressors.registry import available, build, describe, load_plugins, lookup, register
+from compressors.core.registry import available, build, describe, load_plugins, lookup, register
 
 
 def _import_all() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.results import Row, append_rows, write_manifest
+from bench.results.store import Row, append_rows, write_manifest
 
 UNITS = {"accuracy": ("fraction", True), "perplexity": ("ppl", False), "size_bytes": ("bytes", False),
          "latency_p50": ("ms", False), "speedup": ("x", True), "params": ("count", None),

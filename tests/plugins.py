@@ -5,8 +5,8 @@ import signal
 import time
 from dataclasses import dataclass
 
-from compressors.base import CompressContext, Compressor, CompressorConfig, Model
-from compressors.registry import register
+from compressors.core.base import CompressContext, Compressor, CompressorConfig, Model
+from compressors.core.registry import register
 
 
 @dataclass(frozen=True)

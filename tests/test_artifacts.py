@@ -9,8 +9,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from compressors import build
-from compressors.artifacts import ArtifactError, load_artifact
-from compressors.base import CLASSIFICATION, CompressContext, TorchModel
+from compressors.core.base import CLASSIFICATION, CompressContext, TorchModel
+from compressors.shared.artifacts import ArtifactError, load_artifact
 from tests.test_quantize import FakeData
 
 

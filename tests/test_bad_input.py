@@ -250,8 +250,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, build, 
 
 def test_the_same_inputs_done_right_pass(tmp_path):
     """Controls for the corpus: fixed as its messages say, the inputs validate."""
-    from bench.config import load_matrix
-    from bench.validate import validate_matrix
+    from bench.config.validate import validate_matrix
+
+    from bench.config.matrix import load_matrix
     from bench.zoo import LoadPolicy
     from bench.zoo.models import check_model
 

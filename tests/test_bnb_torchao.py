@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compressors import build
-from compressors.base import CLASSIFICATION, CompressContext, TorchModel
+from compressors.core.base import CLASSIFICATION, CompressContext, TorchModel
 from compressors.quantize.packing import sqnr_db
 
 bnb = pytest.importorskip("bitsandbytes")

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from bench.config import load_matrix
-from bench.results import read_rows
-from bench.runner import run_matrix
+from bench.config.matrix import load_matrix
+from bench.results.store import read_rows
+from bench.run.runner import run_matrix
 from compressors import build
 
 CHAIN_MATRIX = """

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import bench.runner
-from bench.check import BROKEN, HELD, SKIPPED, check_run, load_budgets
+import bench.run.runner
 from bench.cli import main
-from bench.results import append_rows
+from bench.gate.check import BROKEN, HELD, SKIPPED, check_run, load_budgets
+from bench.results.store import append_rows
 from tests.gate_rows import LABELS, cell_rows, marker, realistic_rows, write_run, write_scores
 
 HOLDING = """
@@ -253,10 +253,10 @@ def test_bad_check_arguments_exit_2(tmp_path, run_dir, capsys, args, fragment):
 
 
 def test_shipped_example_budgets_parse():
-    from bench.check import METRICS
+    from bench.gate.check import METRICS
 
     for name in ("example.toml", "regression.toml"):
-        parsed = load_budgets(bench.runner.Path(__file__).parents[1] / "bench" / "budgets" / name)
+        parsed = load_budgets(bench.run.runner.Path(__file__).parents[1] / "bench" / "config" / "budgets" / name)
         assert parsed and all(b.metric in METRICS or b.metric in ("accuracy", "perplexity") for b in parsed)
 
 
@@ -272,7 +272,7 @@ def test_run_exits_1_naming_the_failed_cells(tmp_path, tiny_matrix, monkeypatch,
         write_run(run_dir, rows)
         return run_dir
 
-    monkeypatch.setattr(bench.runner, "run_matrix", fake_run_matrix)
+    monkeypatch.setattr(bench.run.runner, "run_matrix", fake_run_matrix)
     monkeypatch.setattr("bench.cli._write_report", lambda *a: None)
     code = main(["run", str(tiny_matrix), "--out", str(tmp_path / "r"), "--run-id", "x", "--keep-artifacts"])
     assert code == 1
@@ -285,7 +285,7 @@ def test_run_with_only_skipped_cells_exits_0(tmp_path, tiny_matrix, monkeypatch,
         return write_run(out_dir / run_id, cell_rows("base", "identity", accuracy=0.9)
                          + marker("gpu", "identity", "skipped", "no CUDA device", device="cuda"))
 
-    monkeypatch.setattr(bench.runner, "run_matrix", fake_run_matrix)
+    monkeypatch.setattr(bench.run.runner, "run_matrix", fake_run_matrix)
     monkeypatch.setattr("bench.cli._write_report", lambda *a: None)
     assert main(["run", str(tiny_matrix), "--out", str(tmp_path / "r"), "--run-id", "y"]) == 0
     capsys.readouterr()
@@ -347,8 +347,8 @@ def test_cells_renamed_since_the_baseline_run_are_matched_by_what_defines_them(t
 
 # ---- the shipped budgets on the committed baseline run of the quick matrix ----------------------------
 
-BASELINE_RUN = bench.runner.Path(__file__).parents[1] / "results" / "baselines" / "quick-baseline"
-SHIPPED = BASELINE_RUN.parents[2] / "bench" / "budgets"
+BASELINE_RUN = bench.run.runner.Path(__file__).parents[1] / "results" / "baselines" / "quick-baseline"
+SHIPPED = BASELINE_RUN.parents[2] / "bench" / "config" / "budgets"
 
 
 def test_shipped_budgets_hold_on_the_committed_quick_baseline(capsys):
@@ -361,7 +361,7 @@ def test_shipped_budgets_hold_on_the_committed_quick_baseline(capsys):
 def test_a_regression_against_the_committed_baseline_is_caught(tmp_path, capsys):
     import shutil
 
-    from bench.results import read_rows
+    from bench.results.store import read_rows
 
     run = tmp_path / "ci"
     shutil.copytree(BASELINE_RUN, run)
@@ -400,7 +400,7 @@ def test_an_unused_baseline_run_is_pointed_out(tmp_path, run_dir, capsys):
     assert 'is not used: no budget in' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "bench" / "budgets").glob("*.toml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "bench" / "config" / "budgets").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_shipped_budget_files_load(path):
     assert load_budgets(path)

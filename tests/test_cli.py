@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-import bench.runner
+import bench.run.runner
 from bench.cli import main
 from bench.zoo import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
 from tests.conftest import compbench
@@ -66,7 +66,7 @@ def test_safety_flags_reach_the_run_and_end_with_it(tmp_path, tiny_matrix, monke
         seen.update({key: os.environ.get(key) for key in (TRUST_REMOTE_CODE_ENV, ALLOW_PICKLE_ENV)})
         raise KeyboardInterrupt  # stop here: the run itself is tested in test_runner
 
-    monkeypatch.setattr(bench.runner, "run_matrix", fake_run_matrix)
+    monkeypatch.setattr(bench.run.runner, "run_matrix", fake_run_matrix)
     monkeypatch.delenv(TRUST_REMOTE_CODE_ENV, raising=False)
     monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
     assert main(["run", str(tiny_matrix), "--out", str(tmp_path / "r"), "--device", "cpu", *flags]) == 130

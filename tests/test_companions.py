@@ -5,12 +5,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from bench.config import ConfigError, parse_matrix
-from bench.paired import COMPANION_METRIC, SCORES_DIR, add_companion_rows, companion_gain
-from bench.results import Row, append_rows, read_rows
-from bench.runner import plan_cells
-from compressors import registry
-from compressors.base import Compressor, CompressorConfig
+from bench.analysis.paired import COMPANION_METRIC, SCORES_DIR, add_companion_rows, companion_gain
+from bench.config.matrix import ConfigError, parse_matrix
+from bench.results.store import Row, append_rows, read_rows
+from bench.run.runner import plan_cells
+from compressors.core import registry
+from compressors.core.base import Compressor, CompressorConfig
 
 
 @dataclass(frozen=True)

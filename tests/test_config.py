@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.config import ConfigError, load_matrix, parse_matrix
+from bench.config.matrix import ConfigError, load_matrix, parse_matrix
 
 BASE = {"task": [{"name": "bbc-topic", "model": "tiny-bert"}], "compressor": [{"name": "identity"}]}
 
@@ -65,7 +65,7 @@ def test_missing_and_malformed_files(tmp_path):
 def _fuzz_strategies():
     from hypothesis import strategies as st
 
-    from bench.config import _MATRIX_KEYS, _TASK_FIELDS
+    from bench.config.matrix import _MATRIX_KEYS, _TASK_FIELDS
     from compressors import available
 
     scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
@@ -94,7 +94,7 @@ def _fuzz_strategies():
 def test_fuzzed_matrices_give_config_errors_only():
     from hypothesis import HealthCheck, given, settings
 
-    from bench.config import Matrix
+    from bench.config.matrix import Matrix
 
     @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(_fuzz_strategies())

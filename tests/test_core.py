@@ -6,11 +6,11 @@ from torch import nn
 
 from bench.zoo.models import load_model
 from compressors import build
-from compressors.artifacts import ArtifactError, load_artifact
-from compressors.base import CAUSAL_LM, CompressContext, CompressorUnavailable
-from compressors.calibration import collect_linear_inputs
-from compressors.surgery import SplitQKV, body_linears, conv1d_to_linear_, replace_linears_
-from compressors.train import Budget, Recipe, lr_factor, train
+from compressors.core.base import CAUSAL_LM, CompressContext, CompressorUnavailable
+from compressors.shared.artifacts import ArtifactError, load_artifact
+from compressors.shared.calibration import collect_linear_inputs
+from compressors.shared.surgery import SplitQKV, body_linears, conv1d_to_linear_, replace_linears_
+from compressors.shared.train import Budget, Recipe, lr_factor, train
 
 
 def batch(vocab=1000, shape=(2, 12), seed=0):

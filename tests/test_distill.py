@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from bench.zoo.models import load_model
 from compressors import build
-from compressors.artifacts import load_artifact
-from compressors.base import CAUSAL_LM, CLASSIFICATION, CompressContext, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, TorchModel
 from compressors.distill.losses import logit_kd, token_kd
 from compressors.distill.students import depth, kept_layers
-from compressors.train import Budget
+from compressors.shared.artifacts import load_artifact
+from compressors.shared.train import Budget
 
 WORDS = {0: "bad poor awful weak", 1: "good great fine strong", 2: "market shares profit bank"}
 

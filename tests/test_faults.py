@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from bench.executors import CELL_MEMORY_LIMIT_ENV, default_memory_limit_mb, memory_limit_mb
-from bench.results import read_rows
+from bench.results.store import read_rows
+from bench.run.executors import CELL_MEMORY_LIMIT_ENV, default_memory_limit_mb, memory_limit_mb
 from tests.conftest import compbench
 
 LIMIT_MB = 3000  # a tiny-gpt2 cell peaks near 1.5 GB of address space; the allocator passes 3 GB in a second

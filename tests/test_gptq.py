@@ -14,13 +14,13 @@ from transformers import (
 )
 
 from compressors import build
-from compressors.artifacts import load_artifact
-from compressors.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
 from compressors.quantize.gptq import GPTQConfig, _input_groups, _Replay
 from compressors.quantize.gptq_math import GPTQError, gptq_quantize
 from compressors.quantize.packing import dequantize, quantize_tensor, unpack_int4
 from compressors.quantize.weight_only import PackedEmbedding, PackedLinear
-from compressors.surgery import conv1d_to_linear_
+from compressors.shared.artifacts import load_artifact
+from compressors.shared.surgery import conv1d_to_linear_
 
 
 class Calibration:

@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from bench.cli import main
-from compressors.base import TorchModel
+from compressors.core.base import TorchModel
 from tests.gate_rows import cell_rows, write_run
 
 

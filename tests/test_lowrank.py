@@ -14,8 +14,7 @@ from transformers import (
 )
 
 from compressors import build
-from compressors.artifacts import load_artifact
-from compressors.base import CAUSAL_LM, CLASSIFICATION, CompressContext, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, TorchModel
 from compressors.lowrank.factorize import (
     FactorizationError,
     factor_params,
@@ -25,6 +24,7 @@ from compressors.lowrank.factorize import (
     reconstruction_error,
 )
 from compressors.lowrank.layer import LowRankLinear
+from compressors.shared.artifacts import load_artifact
 
 VOCAB = 128
 

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from bench.config import MATRICES_DIR, load_matrix
-from bench.results import load
-from bench.runner import normalized, plan_cells
+from bench.config.matrix import MATRICES_DIR, load_matrix
+from bench.results.store import load
+from bench.run.runner import normalized, plan_cells
 from tests.conftest import compbench
 
 SHIPPED = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))

@@ -21,7 +21,7 @@ from bench.measure.latency import (
 from bench.measure.memory import memory_measurement, peak_memory_bytes, reset_peak_memory
 from bench.measure.perplexity import perplexity
 from bench.measure.size import directory_bytes, size_measurements, weight_bytes
-from compressors.base import CAUSAL_LM, CLASSIFICATION, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, TorchModel
 
 # ---- perplexity ------------------------------------------------------------------------
 

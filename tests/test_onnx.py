@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from compressors import build
-from compressors.base import (
+from compressors.core.base import (
     CAUSAL_LM,
     CLASSIFICATION,
     CompressContext,
@@ -32,8 +32,8 @@ from compressors.base import (
     TorchModel,
     count_parameters,
 )
-from compressors.onnx_export import to_onnx
-from compressors.onnx_model import OnnxModel
+from compressors.runtimes.onnx_export import to_onnx
+from compressors.runtimes.onnx_model import OnnxModel
 
 WORDS = [f"w{i}" for i in range(400)]
 HAS_CUDA_EP = "CUDAExecutionProvider" in onnxruntime.get_available_providers()

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from bench.analysis.paired import SCORES_DIR, add_paired_rows, paired_classification, paired_perplexity
 from bench.measure import latency
 from bench.measure.latency import LatencyStats, speedup, time_interleaved
-from bench.paired import SCORES_DIR, add_paired_rows, paired_classification, paired_perplexity
-from bench.results import Row, append_rows, read_rows
+from bench.results.store import Row, append_rows, read_rows
 
 
 def scores(pred, gold, probs):

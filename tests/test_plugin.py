@@ -67,7 +67,7 @@ def test_without_a_matrix_the_fixture_says_how_to_give_one(pytester):
 def test_plugin_is_registered_by_its_entry_point():
     from importlib.metadata import entry_points
 
-    assert any(e.value == "bench.pytest_plugin" for e in entry_points(group="pytest11"))
+    assert any(e.value == "bench.integrations.pytest_plugin" for e in entry_points(group="pytest11"))
 
 
 def test_make_test_does_not_collect_the_benchmarks():
@@ -120,9 +120,9 @@ def test_readme_example_runs_once_benchmarks_with_storage_and_its_artifacts_relo
 
 def reproduced_predictions(run_dir, cell_id):
     """The reloaded artifact scored on the run's held-out examples, as the worker scored the compressed model."""
-    from bench.config import TaskSpec
-    from bench.tasks import Task, load_splits
-    from compressors.artifacts import load_artifact
+    from bench.config.matrix import TaskSpec
+    from bench.data.tasks import Task, load_splits
+    from compressors.shared.artifacts import load_artifact
 
     cell = json.loads((run_dir / "cells" / cell_id / "cell.json").read_text())
     spec = TaskSpec(**cell["task"])

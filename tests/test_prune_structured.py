@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from bench.zoo.data import make_dataset
 from bench.zoo.models import load_model
 from compressors import build
-from compressors.artifacts import load_artifact
-from compressors.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
 from compressors.prune.layer_drop import layers_to_drop
 from compressors.prune.structure_scores import block_influence, channel_scores, head_group_scores, keep_top
+from compressors.shared.artifacts import load_artifact
 
 # scores ------------------------------------------------------------------------------------------
 

@@ -12,8 +12,7 @@ from torch import nn
 from bench.zoo.data import make_dataset
 from bench.zoo.models import load_model
 from compressors import build
-from compressors.artifacts import load_artifact
-from compressors.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
 from compressors.prune.scores import (
     global_masks,
     layer_mask,
@@ -23,6 +22,7 @@ from compressors.prune.scores import (
     wanda_scores,
 )
 from compressors.prune.sparse_linear import BITMASK, CSR, SparseLinear, pack_bits, storage_bytes, unpack_bits
+from compressors.shared.artifacts import load_artifact
 
 # scores and masks -------------------------------------------------------------------------------
 

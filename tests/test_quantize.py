@@ -9,8 +9,8 @@ from torch import nn
 
 from bench.measure.size import size_measurements
 from compressors import build
-from compressors.base import CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel, count_parameters
-from compressors.onnx_model import OnnxModel
+from compressors.core.base import CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel, count_parameters
+from compressors.runtimes.onnx_model import OnnxModel
 
 
 class Wide(nn.Module):

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
+from bench.analysis.pareto import front, pareto_indices, variants_from_rows
+from bench.analysis.recommend import Constraints, check, objective_of, recommend, render
 from bench.cli import main
-from bench.pareto import front, pareto_indices, variants_from_rows
-from bench.recommend import Constraints, check, objective_of, recommend, render
 from tests.gate_rows import LABELS, realistic_rows, write_run
 
 

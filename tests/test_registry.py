@@ -3,8 +3,8 @@
 import pytest
 
 import compressors
-from compressors.base import CompressorConfig
-from compressors.registry import UnknownCompressor, build, describe, lookup, register
+from compressors.core.base import CompressorConfig
+from compressors.core.registry import UnknownCompressor, build, describe, lookup, register
 
 
 def test_shipped_methods_are_registered():

@@ -15,7 +15,7 @@ from bench.report.compare import compare_runs
 from bench.report.distill import gains, sweeps
 from bench.report.plots import LABEL_GID, pareto_figure, pareto_plot
 from bench.report.tables import column_for, columns_for, render_table, sig3, variant_table
-from bench.results import Row, append_rows, load, write_manifest
+from bench.results.store import Row, append_rows, load, write_manifest
 
 SMOLLM_NOTE = "weights dequantized from the GGUF Q4_1 file: the baseline is already 4-bit-quantized"
 XSS = "bitsandbytes 4-bit needs CUDA <script>alert(1)</script>"

@@ -6,7 +6,7 @@ import os
 import pandas as pd
 import pytest
 
-from bench.results import load, read_rows
+from bench.results.store import load, read_rows
 from tests.conftest import TINY_MATRIX, compbench
 
 # Everything but the clock: these must not change between two runs with one seed.

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from bench.results import load, read_rows
+from bench.results.store import load, read_rows
 from tests.conftest import REPO, TINY_MATRIX, compbench
 
 

@@ -1,4 +1,4 @@
-"""bench.tasks: stratified sampling, batch shapes and labels, the LM loss shift, coverage of streams."""
+"""bench.data.tasks: stratified sampling, batch shapes and labels, the LM loss shift, coverage of streams."""
 
 import math
 from collections import Counter
@@ -6,11 +6,11 @@ from collections import Counter
 import pytest
 import torch
 
-from bench.config import TaskSpec
-from bench.tasks import Task, coverage, stratified_order
+from bench.config.matrix import TaskSpec
+from bench.data.tasks import Task, coverage, stratified_order
 from bench.zoo.data import make_dataset
 from bench.zoo.models import load_model
-from compressors.base import CAUSAL_LM
+from compressors.core.base import CAUSAL_LM
 
 CLASSES = ("business", "sport", "tech")
 

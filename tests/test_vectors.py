@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import TaskSpec
-from bench.vector_task import VectorTask, load_vector_splits
+from bench.config.matrix import TaskSpec
+from bench.data.vector_task import VectorTask, load_vector_splits
 from bench.zoo import ZooError
 from bench.zoo import vectors as vectors_module
 from bench.zoo.data import make_dataset
 from bench.zoo.mlp import MLPRecipe, load_mlp, mlp_key, trained_mlp, untrained_mlp
 from bench.zoo.vectors import load_vector_dataset, read_idx, vector_splits
-from compressors.artifacts import load_artifact
+from compressors.shared.artifacts import load_artifact
 
 QUICK = MLPRecipe(epochs=4, min_steps=0)  # ~36 steps on digits: seconds, far above chance
 

@@ -9,7 +9,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from compressors import build
-from compressors.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
 from compressors.quantize.packing import sqnr_db
 from compressors.quantize.weight_only import PackedLinear, WeightOnlyConfig
 

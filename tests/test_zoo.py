@@ -24,7 +24,7 @@ from bench.zoo.models import (
     same_vocabulary,
     tokenizer_mismatch,
 )
-from compressors.base import CAUSAL_LM, CLASSIFICATION
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION
 
 
 @pytest.fixture(scope="module")

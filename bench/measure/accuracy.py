@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bench.measure import Measurement
-from compressors.base import Batch, Model
+from compressors.core.base import Batch, Model
 
 FRACTION = "fraction"
 LEVEL = 0.95

@@ -9,7 +9,7 @@ import torch
 
 from bench.measure import Measurement
 from bench.measure.accuracy import bootstrap_ci
-from compressors.base import Model
+from compressors.core.base import Model
 
 PPL = "ppl"
 

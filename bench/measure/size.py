@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.measure import Measurement
-from compressors.base import Model
+from compressors.core.base import Model
 
 BYTES, BITS, COUNT, FRACTION = "bytes", "bits", "count", "fraction"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin", ".onnx", ".onnx_data", ".data", ".gguf")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.report.html import render_html
 from bench.report.markdown import Image, build_document, render_markdown
-from bench.results import ROWS_FILE
+from bench.results.store import ROWS_FILE
 
 FORMATS = ("md", "html")
 

@@ -1,6 +1,6 @@
 """What a task's section opens with: the Pareto-optimal variants and the pick under a default budget.
 
-The variants, their front and the pick come from `bench.pareto` and `bench.recommend`, so the
+The variants, their front and the pick come from `bench.analysis.pareto` and `bench.analysis.recommend`, so the
 report gives the same answer as `compbench recommend` with no options: quality change against
 the baseline (paired where the run has the paired rows), x smaller on disk, x faster measured
 interleaved in the cell's own process; the pick is the fastest variant within the default
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.pareto import Variant, front, variants_from_rows
-from bench.recommend import Constraints, Recommendation, check, recommend
+from bench.analysis.pareto import Variant, front, variants_from_rows
+from bench.analysis.recommend import Constraints, Recommendation, check, recommend
 from bench.report.tables import ACCURACY_DROP_PT, PERPLEXITY_RISE, sig3
-from bench.results import OK, SKIPPED
+from bench.results.store import OK, SKIPPED
 
 
 @dataclass

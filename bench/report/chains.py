@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.tables import _missing, sig3, truncate, variant_label
-from bench.results import OK
+from bench.results.store import OK
 
 STEP = "this step"
 

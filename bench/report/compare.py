@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.tables import BASELINE, COLUMNS, column_for, format_number, scale_of, variant_label
-from bench.results import OK, ROWS_FILE, load, read_manifest
+from bench.results.store import OK, ROWS_FILE, load, read_manifest
 
 CELL_KEY = ["task", "model", "compressor", "params", "device", "stage"]
 METRIC_ORDER = {c.metric: k for k, c in enumerate(COLUMNS)}

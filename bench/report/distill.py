@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.tables import _missing, sig3, variant_label
-from bench.results import OK
+from bench.results.store import OK
 
 GAIN = "gain_vs_companion"
 COMPANION_KEYS = ("companion_cell", "companion_cell_id", "companion")  # where the details name the companion

@@ -40,7 +40,7 @@ from bench.report.tables import (
     variant_label,
     variant_table,
 )
-from bench.results import OK, load, read_manifest
+from bench.results.store import OK, load, read_manifest
 
 VERSIONED = ("torch", "transformers", "onnxruntime", "optimum", "torchao", "bitsandbytes", "torch-pruning")
 OPENING = ("Each task opens with its answer: the pick under a default budget (at most "

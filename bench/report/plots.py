@@ -22,9 +22,9 @@ from matplotlib.text import Text
 from matplotlib.ticker import NullFormatter
 from matplotlib.transforms import Bbox
 
-from bench.pareto import pareto_indices
+from bench.analysis.pareto import pareto_indices
 from bench.report.tables import Column, scale_of
-from bench.results import OK
+from bench.results.store import OK
 
 FRONT_COLOR, POINT_COLOR, BASELINE_COLOR, NOISE_COLOR = "tab:orange", "tab:blue", "black", "0.88"
 DPI = 100

@@ -1,7 +1,7 @@
 """Per-class recall of classifiers: a mean accuracy can hide a class that collapses.
 
 The accuracy row's details carry {class name: recall} (bench.measure.accuracy); a run from
-before that keeps only the per-example scores (bench.paired.scores_file: one file per cell, one
+before that keeps only the per-example scores (bench.analysis.paired.scores_file: one file per cell, one
 per earlier stage of a chain), from which recall is computed here by class id.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.paired import scores_file
+from bench.analysis.paired import scores_file
 from bench.report.tables import CLASS_RECALL_DROP_PT, recall_of
-from bench.results import OK
+from bench.results.store import OK
 
 COLLAPSE_MARK = "▼"
 

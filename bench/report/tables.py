@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import OK
+from bench.results.store import OK
 
 BASELINE = "identity"
 SIZE_GAIN_MIN = 0.95  # a variant keeping >= 95% of the baseline's bytes has no real size gain
@@ -171,7 +171,7 @@ def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
 
     A chain cell measures every stage; each stage is a variant of its own, labelled
     "chain (...) · stage k" (a chain's stage-0 rows, its copy of the baseline, are left out: the
-    identity cell stands for them), as `bench.pareto.variants_from_rows` does. The baseline of
+    identity cell stands for them), as `bench.analysis.pareto.variants_from_rows` does. The baseline of
     each (task, model, device) is its ok identity cell; without one there are no deltas and no
     flags. Order: baselines, other measured cells, then skipped and failed ones.
     """
@@ -267,7 +267,7 @@ def paired_loss(row: pd.Series) -> bool | None:
 
 
 def claim_holds(when: str, row: pd.Series) -> bool:
-    """Whether a method's claim is shown by this cell's own measurements (see compressors.base.Claim)."""
+    """Whether a method's claim is shown by this cell's own measurements (see compressors.core.base.Claim)."""
     if when == "slower":
         return SLOWER in row["flags"]
     if when == "quality_loss":

@@ -8,8 +8,8 @@ validation part, cached under cache_dir()/teachers) or a student (`untrained_mlp
 random weights, for a compressor to train).
 
 `MLPClassifier.forward(pixel_values)` returns an object with `.logits`, so
-`compressors.base.TorchModel` runs it unchanged; its config is saved as config.json and
-`compressors.artifacts.load_artifact` rebuilds it (registered with `artifact_architecture`).
+`compressors.core.base.TorchModel` runs it unchanged; its config is saved as config.json and
+`compressors.shared.artifacts.load_artifact` rebuilds it (registered with `artifact_architecture`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from torch import nn
 from bench.paths import cache_dir
 from bench.zoo import ZooError, publish_directory, verify_cached_dir
 from bench.zoo.vectors import VectorDataset, vector_validation_split
-from compressors.artifacts import artifact_architecture
-from compressors.base import CLASSIFICATION, TorchModel
+from compressors.core.base import CLASSIFICATION, TorchModel
+from compressors.shared.artifacts import artifact_architecture
 
 INPUT = "pixel_values"  # the batch key of a vector task: (B, D) float32
 TEACHER_INFO = "compbench_teacher.json"
@@ -100,7 +100,7 @@ class MLPOutput:
 class MLPClassifier(nn.Module):
     """Linear -> ReLU (-> dropout) per hidden layer, then a linear `classifier` head.
 
-    The head is called `classifier` so `compressors.surgery` treats it as the output layer
+    The head is called `classifier` so `compressors.shared.surgery` treats it as the output layer
     (quantizers leave it alone by default, as for BERT's). Dropout is functional, so the
     module tree holds only the Linears that compressors replace or prune.
     """
@@ -205,7 +205,7 @@ def trained_mlp(name: str, train: VectorDataset, seed: int = 0, recipe: MLPRecip
     """Zoo MLP `name` trained on `train` (its training part; keep-best on its validation part), cached.
 
     The first call trains and publishes the weights under cache_dir()/teachers/<name>-<key>;
-    later calls load them. The validation part is the one `bench.vector_task.VectorTask`
+    later calls load them. The validation part is the one `bench.data.vector_task.VectorTask`
     holds out (same rule, fraction and seed), so compressors validate on what the teacher did.
     """
     recipe = recipe or MLPRecipe()
@@ -241,8 +241,8 @@ def training_note(info: dict[str, Any]) -> str:
 
 def _train(name: str, train: VectorDataset, seed: int, recipe: MLPRecipe,
            progress: bool) -> tuple[MLPClassifier, dict[str, Any]]:
-    from compressors.train import Budget, Recipe
-    from compressors.train import train as train_loop
+    from compressors.shared.train import Budget, Recipe
+    from compressors.shared.train import train as train_loop
 
     fit, validation = vector_validation_split(train, recipe.validation_fraction, seed)
     model = untrained_mlp(name, train.dim, len(train.label_names), seed, train.image_shape)

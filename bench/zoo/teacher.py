@@ -3,7 +3,7 @@ against and the teacher for distillation.
 
 The model is a plain `*ForSequenceClassification` (CLS token -> pooler -> linear head), so
 `save_pretrained`, `from_pretrained` and ONNX export work as for any Hugging Face model.
-It is trained with the suite's one training loop (`compressors.train.train`) until it stops
+It is trained with the suite's one training loop (`compressors.shared.train.train`) until it stops
 improving: a seeded, label-stratified tenth of the task's TRAIN split is held out for
 validation (`bench.zoo.data.validation_split`; the test split is never seen), accuracy on
 it is measured after every epoch, the best weights are kept, and training stops after
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from bench.paths import cache_dir
 from bench.zoo import publish_directory
 from bench.zoo.data import VALIDATION_FRACTION, TextDataset, validation_split
-from compressors import train as loop
+from compressors.shared import train as loop
 
 TEACHER_INFO = "compbench_teacher.json"  # what the cached teacher was trained from, beside its weights
 MIN_VALIDATION_SOURCE = 10  # fewer training examples than this: train on all of them, no validation
@@ -103,7 +103,7 @@ def teacher_key(base_id: str, train: TextDataset, max_length: int, seed: int, re
 
     payload = {"base": base_id, "data": train.source_hash, "examples": content_hash(train.texts, train.labels),
                "labels": list(train.label_names or ()), "max_length": max_length, "seed": seed,
-               "recipe": asdict(recipe), "loop": "compressors.train", "device": training_device(),
+               "recipe": asdict(recipe), "loop": "compressors.shared.train", "device": training_device(),
                "torch": torch.__version__, "transformers": transformers.__version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -113,9 +113,9 @@ def vector_splits(name: str, seed: int = 0, test_fraction: float = 0.3, train_li
 
     Fashion-MNIST keeps its standard split (`test_fraction` unused); digits is split with
     `split_dataset`'s rule (per label, a seeded round(n * test_fraction) held out). A limit
-    keeps a seeded, label-stratified sample of that many examples (`bench.tasks.stratified_order`).
+    keeps a seeded, label-stratified sample of that many examples (`bench.data.tasks.stratified_order`).
     """
-    from bench.tasks import stratified_order
+    from bench.data.tasks import stratified_order
 
     data, held_out = load_vector_dataset(name)
     if held_out is None:

@@ -2,5 +2,5 @@
 
 kd.py (config, compressor, offline training) uses objective.py (one step's loss), students.py
 (layer-dropped, from scratch, named, same architecture), mutual.py and snapshot.py (the online
-and self-distillation loops), all through the one training loop in `compressors.train`.
+and self-distillation loops), all through the one training loop in `compressors.shared.train`.
 """

@@ -1,7 +1,7 @@
 """kd: knowledge distillation into a smaller student, always measured beside the same student without the teacher.
 
 The student (`student`, see `compressors.distill.students`) trains through the one training
-loop (`compressors.train`) on the task's training part, validated on the validation part
+loop (`compressors.shared.train`) on the task's training part, validated on the validation part
 carved from train (keep-best), against `(1 - alpha) * hard-label loss + alpha * knowledge`
 (`compressors.distill.objective`). Modes:
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compressors.base import (
+from compressors.core.base import (
     CAUSAL_LM,
     CompressContext,
     Compressor,
@@ -39,6 +39,7 @@ from compressors.base import (
     check_choice,
     check_range,
 )
+from compressors.core.registry import register
 from compressors.distill import students as make
 from compressors.distill.objective import (
     Distiller,
@@ -51,8 +52,7 @@ from compressors.distill.objective import (
     state_widths,
 )
 from compressors.distill.trainer import fit
-from compressors.registry import register
-from compressors.train import Budget
+from compressors.shared.train import Budget
 
 MODES = ("offline", "mutual", "self")
 STUDENTS = ("auto", "layer-drop", "scratch", "same")  # or a model name: zoo, local directory, hf:<id>

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from compressors.base import Batch, TorchModel
+from compressors.core.base import Batch, TorchModel
 from compressors.distill.objective import Distiller, Knowledge, combine, logits_of, run
-from compressors.train import Budget, Recipe, TrainResult, lr_factor, train
+from compressors.shared.train import Budget, Recipe, TrainResult, lr_factor, train
 
 
 def train_mutual(distiller: Distiller, teacher: TorchModel, batches: Callable[[int], Iterator[tuple[Batch, Any]]],

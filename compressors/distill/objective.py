@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.base import CAUSAL_LM, Batch
+from compressors.core.base import CAUSAL_LM, Batch
 from compressors.distill import losses
 
 KINDS = ("logits", "hidden", "attention", "relation", "token")

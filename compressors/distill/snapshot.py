@@ -13,9 +13,9 @@ import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from compressors.base import Batch
+from compressors.core.base import Batch
 from compressors.distill.objective import Distiller, Knowledge, TeacherOutputs, distill_loss
-from compressors.train import TrainResult, train
+from compressors.shared.train import TrainResult, train
 
 
 def train_with_snapshots(distiller: Distiller, batches: Callable[[int], Iterator[tuple[Batch, Any]]],

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressors.base import CAUSAL_LM, CompressContext, CompressorUnavailable, Model, TorchModel
+from compressors.core.base import CAUSAL_LM, CompressContext, CompressorUnavailable, Model, TorchModel
 from compressors.prune.layer_drop import drop_layers_, find_layers
 
 

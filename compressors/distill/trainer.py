@@ -1,6 +1,6 @@
 """The offline distillation loop of `kd` (and the dispatch to the mutual and snapshot loops).
 
-Everything goes through the one training loop, `compressors.train.train`, on the wrapper
+Everything goes through the one training loop, `compressors.shared.train.train`, on the wrapper
 `Distiller` (student + projections); the teacher is frozen and, with logit knowledge alone on a
 classifier, runs once per training example (`TeacherOutputs` caches its logits).
 """
@@ -11,11 +11,11 @@ import itertools
 import math
 from typing import Any
 
-from compressors.base import CAUSAL_LM, CompressContext, TorchModel
+from compressors.core.base import CAUSAL_LM, CompressContext, TorchModel
 from compressors.distill.mutual import train_mutual
 from compressors.distill.objective import Distiller, Knowledge, TeacherOutputs, distill_loss, validation_score
 from compressors.distill.snapshot import train_with_snapshots
-from compressors.train import Recipe, TrainResult, capped, train
+from compressors.shared.train import Recipe, TrainResult, capped, train
 
 BATCH_SIZE = {CAUSAL_LM: 4}  # windows of seq_len tokens; classification default below
 DEFAULT_BATCH_SIZE = 16

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compressors.artifacts import artifact_layer
 from compressors.lowrank.factorize import Factors
+from compressors.shared.artifacts import artifact_layer
 
 
 @artifact_layer("lowrank-linear")

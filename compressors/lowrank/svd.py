@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from compressors.base import (
+from compressors.core.base import (
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -28,11 +28,11 @@ from compressors.base import (
     TorchModel,
     check_choice,
 )
-from compressors.calibration import collect_linear_inputs
+from compressors.core.registry import register
 from compressors.lowrank.factorize import METHODS, factor_params, factorize, rank_for_ratio
 from compressors.lowrank.layer import LowRankLinear
-from compressors.registry import register
-from compressors.surgery import conv1d_to_linear_, is_output_layer, replace_linears_
+from compressors.shared.calibration import collect_linear_inputs
+from compressors.shared.surgery import conv1d_to_linear_, is_output_layer, replace_linears_
 
 DEFAULT_RATIO = 0.2
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressors.base import (
+from compressors.core.base import (
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -33,9 +33,9 @@ from compressors.base import (
     check_choice,
     check_range,
 )
+from compressors.core.registry import register
 from compressors.prune.recovery import RecoverySettings, recover_
 from compressors.prune.structure_scores import block_influence
-from compressors.registry import register
 
 STRATEGIES = ("importance", "last", "every-other")
 

@@ -7,10 +7,10 @@ dense, so a CPU runs it no faster.
 
 from __future__ import annotations
 
-from compressors.base import CompressContext, Compressor, Model
+from compressors.core.base import CompressContext, Compressor, Model
+from compressors.core.registry import register
 from compressors.prune.scores import global_masks, layer_mask, magnitude_scores
 from compressors.prune.unstructured import UnstructuredConfig, prepare, prunable_linears, sparsify_
-from compressors.registry import register
 
 
 @register("prune-magnitude", config=UnstructuredConfig)

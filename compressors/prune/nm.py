@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compressors.base import CompressContext, Compressor, CompressorConfig, Model, check_choice
+from compressors.core.base import CompressContext, Compressor, CompressorConfig, Model, check_choice
+from compressors.core.registry import register
 from compressors.prune.scores import magnitude_scores, nm_mask, wanda_scores
 from compressors.prune.unstructured import (
     channel_norms,
@@ -21,7 +22,6 @@ from compressors.prune.unstructured import (
     prunable_linears,
     sparsify_,
 )
-from compressors.registry import register
 
 
 @dataclass(frozen=True)

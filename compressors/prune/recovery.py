@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.base import CAUSAL_LM, CompressContext, CompressorUnavailable, TorchModel, check_range
-from compressors.train import Budget, Recipe, capped, train
+from compressors.core.base import CAUSAL_LM, CompressContext, CompressorUnavailable, TorchModel, check_range
+from compressors.shared.train import Budget, Recipe, capped, train
 
 BATCH_SIZE = {CAUSAL_LM: 2}       # LM windows are seq_len tokens each (512 on lm-bbc)
 DEFAULT_BATCH_SIZE = 16           # classification texts (128 tokens on bbc-topic)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.artifacts import artifact_layer
+from compressors.shared.artifacts import artifact_layer
 
 BITMASK, CSR = "bitmask", "csr"
 _BIT_WEIGHTS = 2 ** torch.arange(8, dtype=torch.int32)  # little-endian bit order within a byte
@@ -100,7 +100,7 @@ class SparseLinear(nn.Module):
         return cls(shape, fmt, values, linear.bias, crow_indices=crow, col_indices=cols,
                    semi_structured=semi_structured)
 
-    # artifact protocol (compressors.artifacts)
+    # artifact protocol (compressors.shared.artifacts)
     def artifact_meta(self) -> dict:
         """What `from_artifact_meta` needs to rebuild an empty layer of this shape."""
         meta = {"shape": [self.out_features, self.in_features], "format": self.format,

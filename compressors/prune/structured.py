@@ -29,7 +29,7 @@ After surgery, the attributes each attention's forward reads (BERT `num_attentio
 and config.json's `intermediate_size` (GPT-2 `n_inner`) follows; Llama-like configs also
 get `num_attention_heads`, `num_key_value_heads` and an explicit `head_dim`, so those
 artifacts even reload with a plain `from_pretrained`. Every artifact reloads with
-`compressors.artifacts.load_artifact`.
+`compressors.shared.artifacts.load_artifact`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressors.artifacts import remember_attributes_
-from compressors.base import (
+from compressors.core.base import (
     CAUSAL_LM,
     CompressContext,
     Compressor,
@@ -54,6 +53,7 @@ from compressors.base import (
     check_choice,
     check_range,
 )
+from compressors.core.registry import register
 from compressors.prune.recovery import RecoverySettings, recover_
 from compressors.prune.structure_scores import (
     IMPORTANCES,
@@ -62,8 +62,8 @@ from compressors.prune.structure_scores import (
     head_group_scores,
     keep_top,
 )
-from compressors.registry import register
-from compressors.surgery import SplitQKV, conv1d_to_linear_
+from compressors.shared.artifacts import remember_attributes_
+from compressors.shared.surgery import SplitQKV, conv1d_to_linear_
 
 SUPPORTED = "BERT-like encoders, GPT-2 and Llama-like decoders (torch models with plain nn.Linear layers)"
 TAYLOR_BATCH_SIZE = {CAUSAL_LM: 1}

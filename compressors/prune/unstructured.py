@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compressors.base import (
+from compressors.core.base import (
     CAUSAL_LM,
     CompressContext,
     CompressorConfig,
@@ -24,9 +24,9 @@ from compressors.base import (
     check_choice,
     check_range,
 )
-from compressors.calibration import collect_linear_inputs
 from compressors.prune.sparse_linear import SparseLinear
-from compressors.surgery import conv1d_to_linear_, is_output_layer, linear_layers, set_submodule_
+from compressors.shared.calibration import collect_linear_inputs
+from compressors.shared.surgery import conv1d_to_linear_, is_output_layer, linear_layers, set_submodule_
 
 SCOPES = ("layer", "global")
 MIN_SPARSITY, MAX_SPARSITY = 0.1, 0.95

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compressors.base import CompressContext, Compressor, Model
+from compressors.core.base import CompressContext, Compressor, Model
+from compressors.core.registry import register
 from compressors.prune.scores import global_masks, row_mask, wanda_scores
 from compressors.prune.unstructured import (
     UnstructuredConfig,
@@ -22,7 +23,6 @@ from compressors.prune.unstructured import (
     prunable_linears,
     sparsify_,
 )
-from compressors.registry import register
 
 
 @dataclass(frozen=True)

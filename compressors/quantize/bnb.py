@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressors.base import (
+from compressors.core.base import (
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -34,8 +34,8 @@ from compressors.base import (
     check_choice,
     check_range,
 )
-from compressors.registry import register
-from compressors.surgery import output_layer_ids
+from compressors.core.registry import register
+from compressors.shared.surgery import output_layer_ids
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_4BIT_ROWS, CPU_4BIT_COLS = 32, 64  # the CPU 4-bit kernel's output-row tile and input block

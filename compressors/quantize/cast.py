@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compressors.base import (
+from compressors.core.base import (
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -15,7 +15,7 @@ from compressors.base import (
     TorchModel,
     check_choice,
 )
-from compressors.registry import register
+from compressors.core.registry import register
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

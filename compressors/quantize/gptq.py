@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compressors.base import (
+from compressors.core.base import (
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -33,7 +33,7 @@ from compressors.base import (
     TorchModel,
     check_choice,
 )
-from compressors.calibration import collect_linear_inputs
+from compressors.core.registry import register
 from compressors.quantize.gptq_math import GPTQError, gptq_quantize
 from compressors.quantize.packing import BITS, ZERO_POINTS, check_layout
 from compressors.quantize.weight_only import (
@@ -43,8 +43,8 @@ from compressors.quantize.weight_only import (
     embedding_notes,
     pack_embeddings_,
 )
-from compressors.registry import register
-from compressors.surgery import output_layer_ids, set_submodule_
+from compressors.shared.calibration import collect_linear_inputs
+from compressors.shared.surgery import output_layer_ids, set_submodule_
 
 
 @dataclass(frozen=True)

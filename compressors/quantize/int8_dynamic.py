@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compressors.base import (
+from compressors.core.base import (
     CAUSAL_LM,
     Claim,
     CompressContext,
@@ -26,8 +26,8 @@ from compressors.base import (
     TorchModel,
     check_choice,
 )
-from compressors.registry import register
-from compressors.surgery import body_linears
+from compressors.core.registry import register
+from compressors.shared.surgery import body_linears
 
 OUTLIER_NOTE = ("activations are quantized to int8 too: a few hidden dimensions of transformer LMs carry "
                 "outliers far above the rest, so one scale per tensor/token crushes the others (LLM.int8(), "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compressors.base import (
+from compressors.core.base import (
     CAUSAL_LM,
     Batch,
     Claim,
@@ -25,9 +25,9 @@ from compressors.base import (
     check_choice,
     check_range,
 )
-from compressors.onnx_export import new_graph_path, to_onnx
+from compressors.core.registry import register
 from compressors.quantize.int8_dynamic import OUTLIER_NOTE
-from compressors.registry import register
+from compressors.runtimes.onnx_export import new_graph_path, to_onnx
 
 METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qdq", "qoperator")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from compressors.base import CompressContext, CompressorUnavailable, Model
-from compressors.onnx_export import new_graph_path, to_onnx
-from compressors.onnx_model import OnnxModel
+from compressors.core.base import CompressContext, CompressorUnavailable, Model
+from compressors.runtimes.onnx_export import new_graph_path, to_onnx
+from compressors.runtimes.onnx_model import OnnxModel
 
 if TYPE_CHECKING:
     from compressors.quantize.int8_dynamic import Int8DynamicConfig

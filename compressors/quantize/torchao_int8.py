@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compressors.base import CompressContext, CompressorUnavailable, Model, TorchModel
-from compressors.onnx_export import example_batch
-from compressors.surgery import body_linears
+from compressors.core.base import CompressContext, CompressorUnavailable, Model, TorchModel
+from compressors.runtimes.onnx_export import example_batch
+from compressors.shared.surgery import body_linears
 
 
 def torchao_dynamic(model: Model, ctx: CompressContext, config) -> TorchModel:

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.artifacts import artifact_layer
-from compressors.base import (
+from compressors.core.base import (
     CompressContext,
     Compressor,
     CompressorConfig,
@@ -33,6 +32,7 @@ from compressors.base import (
     TorchModel,
     check_choice,
 )
+from compressors.core.registry import register
 from compressors.quantize.packing import (
     BITS,
     ZERO_POINTS,
@@ -42,8 +42,8 @@ from compressors.quantize.packing import (
     dequantize,
     quantize_tensor,
 )
-from compressors.registry import register
-from compressors.surgery import body_linears, output_layer_ids, set_submodule_
+from compressors.shared.artifacts import artifact_layer
+from compressors.shared.surgery import body_linears, output_layer_ids, set_submodule_
 
 GROUP_SIZES = (None, 0, 32, 64, 128, 256)
 SLOW_NOTE = "packed weights are dequantized on every forward: the file is smaller, the model is not faster"

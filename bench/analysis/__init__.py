@@ -1,0 +1,1 @@
+"""What the rows mean: the run table, paired statistics, Pareto fronts, the judge, recommend."""

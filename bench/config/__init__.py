@@ -1,0 +1,1 @@
+"""Matrices and budgets: the TOML a run is described by, loaded and validated."""

@@ -1,0 +1,1 @@
+"""Tasks: a dataset, its splits and how its predictions are scored."""

@@ -1,0 +1,1 @@
+"""The CI gate: budgets checked against a run, JUnit output."""

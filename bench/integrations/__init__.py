@@ -1,0 +1,1 @@
+"""Ways in from outside: the pytest plugin, `compbench load`, `compbench list`."""

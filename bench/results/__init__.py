@@ -1,0 +1,1 @@
+"""The one long table: rows, manifests and per-example scores on disk."""

@@ -1,0 +1,1 @@
+"""Running a matrix: cells, their worker processes, executors, caches built before, provenance."""

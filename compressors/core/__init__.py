@@ -1,0 +1,1 @@
+"""The types every method shares: Model, CompressContext, the registry, chains, identity."""

@@ -1,0 +1,1 @@
+"""Pieces several methods use: the training loop, calibration statistics, surgery, artifacts."""

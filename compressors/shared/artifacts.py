@@ -1,0 +1,237 @@
+"""Saved artifacts load back: one function, `load_artifact(dir)`, for every format we write.
+
+A torch artifact is a Hugging Face directory (config.json, model.safetensors, tokenizer)
+plus `compbench_artifact.json`, which says what a plain `from_config` skeleton lacks:
+- layers: our own layer types (packed, sparse, factorised) by qualified name, each with
+  the metadata its class needs to build an empty shell whose state_dict the file fills;
+- attributes: plain Python attributes a method changed (e.g. an attention module's head
+  count after structured pruning), restored before the weights load;
+- shapes: every tensor's shape, so Linear / Embedding / norm layers that structured
+  pruning made smaller are rebuilt at the saved size.
+An ONNX artifact is model.onnx beside config.json and the tokenizer.
+
+A layer type joins by `@artifact_layer("key")` and two methods: `artifact_meta(self) -> dict`
+(JSON) and `from_artifact_meta(cls, meta) -> nn.Module` (an empty shell of the right shapes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ARTIFACT_FILE = "compbench_artifact.json"
+CONV1D_AS_LINEAR = "compbench_conv1d_as_linear"  # root attribute set by surgery.conv1d_to_linear_
+ATTRIBUTES = "compbench_attributes"  # on the root module: {submodule name: {attribute: value}}
+
+_LAYERS: dict[str, type[nn.Module]] = {}
+_ARCHITECTURES: dict[str, type[nn.Module]] = {}
+
+
+_TORCH_AO_DYNAMIC = "torch.ao.nn.quantized.dynamic"
+
+
+class ArtifactError(ValueError):
+    """An artifact directory that cannot be loaded, with a one-line reason."""
+
+
+def artifact_layer(key: str):
+    """Class decorator: register a layer type that artifacts may contain under `key`."""
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        if key in _LAYERS and _LAYERS[key] is not cls:
+            raise ValueError(f"artifact layer type {key!r} is already registered by {_LAYERS[key].__name__}")
+        cls.artifact_key = key
+        _LAYERS[key] = cls
+        return cls
+    return decorate
+
+
+def artifact_architecture(name: str):
+    """Class decorator: register a root module type that is not a transformers model (e.g. an MLP).
+
+    `describe` records `config.architectures[0]` (or the class name); a registered class rebuilds
+    itself from the saved config.json with classmethod `from_artifact_config(config: dict) -> nn.Module`.
+    """
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _ARCHITECTURES and _ARCHITECTURES[name] is not cls:
+            raise ValueError(f"artifact architecture {name!r} is already registered by {_ARCHITECTURES[name].__name__}")
+        _ARCHITECTURES[name] = cls
+        return cls
+    return decorate
+
+
+def remember_attributes_(root: nn.Module, name: str, **attributes: Any) -> None:
+    """Set plain attributes on submodule `name` and record them so a reload restores them.
+
+    Use it when surgery changes what a module's forward reads besides its tensors
+    (e.g. `num_attention_heads` after heads were removed). Values must be JSON-able.
+    """
+    target = root.get_submodule(name) if name else root
+    for key, value in attributes.items():
+        setattr(target, key, value)
+    registry = getattr(root, ATTRIBUTES, None)
+    if registry is None:
+        registry = {}
+        setattr(root, ATTRIBUTES, registry)
+    registry.setdefault(name, {}).update(attributes)
+
+
+def describe(module: nn.Module, kind: str) -> dict[str, Any]:
+    """The `compbench_artifact.json` content for a torch module."""
+    layers, first_name = [], {}
+    # A layer reachable under two names (a packed embedding that is also the tied LM head)
+    # is recorded once and referenced by the second name, so a reload keeps it one layer.
+    for name, sub in module.named_modules(remove_duplicate=False):
+        if not getattr(sub, "artifact_key", None):
+            continue
+        if id(sub) in first_name:
+            layers.append({"name": name, "same_as": first_name[id(sub)]})
+            continue
+        first_name[id(sub)] = name
+        layers.append({"name": name, "type": sub.artifact_key, "meta": sub.artifact_meta()})
+    config = getattr(module, "config", None)
+    architectures = getattr(config, "architectures", None) or [type(module).__name__]
+    shapes = {k: list(v.shape) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    info = {"format": 1, "runtime": "torch", "kind": kind, "architecture": architectures[0],
+            "layers": layers, "attributes": getattr(module, ATTRIBUTES, {}), "shapes": shapes}
+    # torch.ao dynamic int8 Linears: rebuilt on load by quantizing these layers of the skeleton
+    # (their weight shapes recorded, so a pruned-then-quantized model reloads too)
+    ao = {name: sub for name, sub in module.named_modules() if type(sub).__module__.startswith(_TORCH_AO_DYNAMIC)}
+    if ao:
+        info["torch_ao_dynamic"] = {"layers": sorted(ao), "dtype": str(next(iter(ao.values())).weight().dtype)}
+        for name, sub in ao.items():
+            shapes[f"{name}.weight"] = list(sub.weight().shape)
+            if sub.bias() is not None:
+                shapes[f"{name}.bias"] = list(sub.bias().shape)
+    return info
+
+
+def write_info(directory: Path, info: dict[str, Any]) -> None:
+    (Path(directory) / ARTIFACT_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+
+def load_artifact(directory: str | Path, device: str = "cpu", threads: int = 1):
+    """Load any artifact compbench saved (torch safetensors or ONNX) as a `Model`.
+
+    Raises:
+        ArtifactError: not a compbench artifact, or a format this function cannot rebuild
+            (torch.ao / torchao / bitsandbytes pickles), with the reason.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    directory = Path(directory)
+    info_file = directory / ARTIFACT_FILE
+    if not info_file.is_file():
+        raise ArtifactError(f"{directory} has no {ARTIFACT_FILE}: not an artifact saved by compbench")
+    info = json.loads(info_file.read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True) \
+        if (directory / "tokenizer_config.json").is_file() else None
+    name = info.get("name", directory.name)
+    if info["runtime"] == "onnxruntime":
+        from compressors.runtimes.onnx_model import OnnxModel
+
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        return OnnxModel(directory / "model.onnx", name, info["kind"], tokenizer, threads=threads, device=device,
+                         hf_config=config)
+    if info.get("torch_ao_dynamic") and (directory / "model.pt").is_file():
+        module = _torch_ao_dynamic(directory, info)
+    elif not (directory / "model.safetensors").is_file():
+        raise ArtifactError(f"{directory}: only safetensors artifacts reload (this one is "
+                            f"{', '.join(p.name for p in directory.glob('model.*')) or 'empty'}: "
+                            "torchao and bitsandbytes weights are pickled runtime objects)")
+    else:
+        module = _skeleton(directory, info)
+        from safetensors.torch import load_file
+
+        state = load_file(directory / "model.safetensors")
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        loaded = {t.data_ptr() for k, t in module.state_dict().items() if k in state}
+        untied = [k for k in missing if module.state_dict()[k].data_ptr() not in loaded]
+        if untied or unexpected:
+            raise ArtifactError(f"{directory}: weights do not fit the model (missing {untied[:3]}, "
+                                f"unexpected {list(unexpected)[:3]})")
+    from compressors.core.base import TorchModel
+
+    return TorchModel(module.eval(), name, info["kind"], tokenizer, notes=tuple(info.get("notes", ()))).to(device)
+
+
+def _torch_ao_dynamic(directory: Path, info: dict[str, Any]) -> nn.Module:
+    """A torch.ao dynamic-int8 model: the float skeleton, its recorded layers quantized, then the saved state.
+
+    model.pt is read with `weights_only=True` (tensors and packed int8 weights only, no code runs).
+    """
+    import warnings
+
+    module = _skeleton(directory, info)
+    ao = info["torch_ao_dynamic"]
+    dtype = {"torch.qint8": torch.qint8, "torch.float16": torch.float16}.get(ao["dtype"], torch.qint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao is deprecated; the artifact uses it
+        module = torch.ao.quantization.quantize_dynamic(module, set(ao["layers"]), dtype=dtype)
+    try:
+        state = torch.load(directory / "model.pt", weights_only=True, map_location="cpu")
+        module.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise ArtifactError(f"{directory}: the torch.ao int8 weights do not fit the model ({str(exc)[:200]})") from None
+    return module
+
+
+def _skeleton(directory: Path, info: dict[str, Any]) -> nn.Module:
+    """The architecture from config.json, reshaped and re-layered as the artifact describes."""
+    import transformers
+    from transformers import AutoConfig
+
+    own = _ARCHITECTURES.get(info["architecture"])
+    if own is not None:  # compbench's own root modules (bench.zoo.mlp registers its MLP on import)
+        with torch.random.fork_rng(devices=[]):
+            module = own.from_artifact_config(json.loads((directory / "config.json").read_text(encoding="utf-8")))
+    else:
+        cls = getattr(transformers, info["architecture"], None)
+        if cls is None:
+            raise ArtifactError(f"{directory}: unknown architecture {info['architecture']!r} in {ARTIFACT_FILE} "
+                                "(compbench's own models register when their module is imported, e.g. bench.zoo.mlp)")
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            module = cls._from_config(config)
+    from compressors.shared.surgery import conv1d_to_linear_, set_submodule_
+
+    if info.get("attributes", {}).get("", {}).get(CONV1D_AS_LINEAR):
+        conv1d_to_linear_(module)
+    for entry in info.get("layers", []):
+        if "same_as" in entry:  # the same layer under a second name (tied)
+            set_submodule_(module, entry["name"], module.get_submodule(entry["same_as"]))
+            continue
+        layer_cls = _LAYERS.get(entry["type"])
+        if layer_cls is None:
+            raise ArtifactError(f"{directory}: layer type {entry['type']!r} is not known to this compbench "
+                                f"(known: {', '.join(sorted(_LAYERS))})")
+        set_submodule_(module, entry["name"], layer_cls.from_artifact_meta(entry["meta"]))
+    _resize_to_shapes_(module, info.get("shapes", {}))
+    for name, attributes in info.get("attributes", {}).items():
+        remember_attributes_(module, name, **attributes)
+    return module
+
+
+def _resize_to_shapes_(module: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Rebuild plain layers whose saved tensors are smaller than the config's (structured pruning)."""
+    from compressors.shared.surgery import set_submodule_
+
+    for name, sub in list(module.named_modules()):
+        prefix = f"{name}." if name else ""
+        weight = shapes.get(prefix + "weight")
+        if weight is None or not hasattr(sub, "weight") or not isinstance(sub.weight, torch.Tensor):
+            continue
+        if list(sub.weight.shape) == weight:
+            continue
+        has_bias = prefix + "bias" in shapes
+        if isinstance(sub, nn.Linear):
+            set_submodule_(module, name, nn.Linear(weight[1], weight[0], bias=has_bias))
+        elif isinstance(sub, nn.Embedding):
+            set_submodule_(module, name, nn.Embedding(weight[0], weight[1], padding_idx=sub.padding_idx))
+        elif isinstance(sub, nn.LayerNorm):
+            set_submodule_(module, name, nn.LayerNorm(weight, eps=sub.eps, elementwise_affine=True, bias=has_bias))
+        else:  # e.g. an RMSNorm: a 1-D weight the forward only multiplies by
+            sub.weight = nn.Parameter(torch.empty(weight))
