@@ -4,6 +4,7 @@ paired rows included, for the gate's tests (check, recommend, pareto, the pytest
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from bench.results.store import Row, append_rows, write_manifest
@@ -103,6 +104,9 @@ def write_scores(run_dir: Path, cell: str, predictions, labels, classes=5) -> No
     """Per-example classification scores as the runner keeps them (scores/<cell>.json)."""
     folder = run_dir / "scores"
     folder.mkdir(exist_ok=True)
-    probabilities = [[0.9 if k == p else 0.1 / (classes - 1) for k in range(classes)] for p in predictions]
-    (folder / f"{cell}.json").write_text(json.dumps(
-        {"accuracy": {"label": list(labels), "prediction": list(predictions), "probabilities": probabilities}}))
+    log_probabilities = [[math.log(0.9 if k == p else 0.1 / (classes - 1)) for k in range(classes)]
+                         for p in predictions]
+    ids = [f"example-{i}" for i in range(len(labels))]  # pairing matches examples by id
+    (folder / f"{cell}.json").write_text(json.dumps({"accuracy": {
+        "example_ids": ids, "label": list(labels), "prediction": list(predictions),
+        "log_probabilities": log_probabilities}}))

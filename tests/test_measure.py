@@ -73,7 +73,8 @@ def test_uniform_model_has_perplexity_vocab_size():
     ppl = perplexity(lm(KnownNextToken(torch.full((vocab,), 1 / vocab))), tokens, seq_len=100)
     assert ppl.value == pytest.approx(vocab, rel=1e-5)
     assert ppl.ci_low == pytest.approx(vocab, rel=1e-5) and ppl.ci_high == pytest.approx(vocab, rel=1e-5)
-    assert ppl.n == 10 * 99 and ppl.extra == {"seq_len": 100, "stride": 100, "tokens": 990, "windows": 10}
+    # n = windows, the units the interval resamples; the scored tokens are in the details
+    assert ppl.n == 10 and ppl.extra == {"seq_len": 100, "stride": 100, "tokens": 990, "windows": 10}
     assert ppl.metric == "perplexity" and ppl.unit == "ppl" and ppl.higher_is_better is False
 
 
@@ -81,7 +82,7 @@ def test_confident_model_has_perplexity_one_over_p_and_remainder_is_dropped():
     tokens = torch.randint(0, 20, (530,), generator=torch.Generator().manual_seed(1))
     ppl = perplexity(lm(KnownNextToken(torch.full((20,), 0.25))), tokens, seq_len=100)
     assert ppl.value == pytest.approx(4.0, rel=1e-5)
-    assert ppl.extra["windows"] == 5 and ppl.n == 5 * 99  # the last 30 tokens are not scored
+    assert ppl.n == 5 and ppl.extra["tokens"] == 5 * 99  # the last 30 tokens are not scored
 
 
 def test_non_overlapping_windows_score_all_but_each_window_first_token():
@@ -99,7 +100,7 @@ def test_sliding_window_scores_each_token_exactly_once():
     model = KnownNextToken(p)
     ppl = perplexity(lm(model), tokens, seq_len=100, stride=50)
     # windows start at 0, 50, ..., 300 (7 windows ending at 400): tokens 1..399 scored once each
-    assert ppl.extra["windows"] == 7 and ppl.n == 99 + 6 * 50 == 399
+    assert ppl.n == 7 and ppl.extra["tokens"] == 99 + 6 * 50 == 399
     assert ppl.value == pytest.approx(math.exp(-p[tokens[1:400]].log().mean().item()), rel=1e-5)
     assert model.shapes == [(1, 100)] * 7
 
@@ -108,7 +109,7 @@ def test_stride_one_scores_every_token_once_too():
     p = torch.linspace(0.2, 0.8, 10)
     tokens = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(4))
     ppl = perplexity(lm(KnownNextToken(p)), tokens, seq_len=8, stride=1)
-    assert ppl.n == 39 and ppl.extra["windows"] == 33
+    assert ppl.extra["tokens"] == 39 and ppl.n == 33
     assert ppl.value == pytest.approx(math.exp(-p[tokens[1:]].log().mean().item()), rel=1e-5)
 
 
@@ -123,7 +124,8 @@ def test_batched_windows_match_one_at_a_time_and_a_direct_computation():
         logits = module(windows).logits
     direct = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 40), windows[:, 1:].reshape(-1))
     assert one.value == pytest.approx(math.exp(direct.item()), rel=1e-5)
-    assert batched.value == pytest.approx(one.value, rel=1e-6) and batched.n == one.n == 15 * 63
+    assert batched.value == pytest.approx(one.value, rel=1e-6) and batched.n == one.n == 15
+    assert one.extra["tokens"] == 15 * 63
     assert one.ci_low < one.value < one.ci_high  # random windows differ: a real interval
     slid = perplexity(lm(module), tokens, seq_len=64, stride=16, batch_size=5)
     assert slid.value == pytest.approx(perplexity(lm(module), tokens, seq_len=64, stride=16).value, rel=1e-6)

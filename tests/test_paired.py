@@ -11,8 +11,10 @@ from bench.measure.latency import LatencyStats, speedup, time_interleaved
 from bench.results.store import Row, append_rows, read_rows
 
 
-def scores(pred, gold, probs):
-    return {"label": gold, "prediction": pred, "probabilities": probs}
+def scores(pred, gold, probs, ids=None):
+    """Per-example scores as classification_metrics keeps them (ids default to the example positions)."""
+    return {"example_ids": ids or [f"ex{i}" for i in range(len(gold))], "label": gold, "prediction": pred,
+            "log_probabilities": np.log(np.asarray(probs, dtype=np.float64)).tolist()}
 
 
 def test_identical_variants_have_no_difference_no_flips_no_kl():
@@ -48,13 +50,13 @@ def test_paired_interval_is_narrower_than_the_marginal_one_for_a_consistent_smal
 
 
 def test_paired_perplexity_change():
-    base = {"window_nll_sum": [10.0, 20.0], "window_tokens": [10, 10]}
-    worse = {"window_nll_sum": [11.0, 21.0], "window_tokens": [10, 10]}
+    base = {"example_ids": ["w0", "w1"], "window_nll_sum": [10.0, 20.0], "window_tokens": [10, 10]}
+    worse = {"example_ids": ["w0", "w1"], "window_nll_sum": [11.0, 21.0], "window_tokens": [10, 10]}
     (change,) = paired_perplexity(base, worse, n_boot=100)
     assert change.value == pytest.approx(np.exp(0.1) - 1)
     assert change.ci_low > 0  # every window is worse by the same amount
     with pytest.raises(ValueError):
-        paired_perplexity(base, {"window_nll_sum": [1.0], "window_tokens": [10]})
+        paired_perplexity(base, {"example_ids": ["w0"], "window_nll_sum": [1.0], "window_tokens": [10]})
 
 
 def test_speedup_of_a_callable_against_itself_centres_on_one(monkeypatch):

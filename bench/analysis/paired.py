@@ -29,13 +29,32 @@ from typing import Any
 import numpy as np
 
 from bench.measure import Measurement
-from bench.results.store import OK, Row, append_rows, canonical_json, read_rows
+from bench.results.store import ERROR, OK, SKIPPED, Row, append_rows, canonical_json, read_manifest, read_rows
 
 SCORES_DIR = "scores"
 BASELINE = "identity"
 PAIRED_METRICS = ("accuracy_delta", "flip_rate", "kl_from_baseline", "perplexity_change")
 COMPANION_METRIC = "gain_vs_companion"
 COMPANIONS = "companions"  # manifest key: {cell_id: the cell id of its companion (e.g. KD's no-teacher student)}
+# Every paired interval of a run, and every re-pairing of its scores later (`compbench check`), uses
+# these: the same resample count and seed give the same interval from the same scores.
+PAIRED_BOOTSTRAP = 1000
+PAIRED_SEED = 0
+PAIRING = "pairing"  # manifest key: {"bootstrap": ..., "seed": ...} as the run paired
+
+
+def pairing_settings() -> dict[str, int]:
+    """What a run records under manifest[PAIRING]: the bootstrap count and seed of its paired rows."""
+    return {"bootstrap": PAIRED_BOOTSTRAP, "seed": PAIRED_SEED}
+
+
+def paired_bootstrap(manifest: dict[str, Any]) -> tuple[int, int]:
+    """(bootstrap count, seed) the run's paired rows were computed with; re-pairing its scores must use them.
+
+    A run written before the manifest recorded them paired with the defaults (1000, 0).
+    """
+    recorded = manifest.get(PAIRING) or {}
+    return int(recorded.get("bootstrap", PAIRED_BOOTSTRAP)), int(recorded.get("seed", PAIRED_SEED))
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
@@ -48,29 +67,56 @@ def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def paired_classification(base: dict[str, Any], variant: dict[str, Any], n_boot: int = 1000,
-                          seed: int = 0) -> list[Measurement]:
-    """accuracy_delta, flip_rate and kl_from_baseline of `variant` against `base`.
+def check_same_examples(base: dict[str, Any], variant: dict[str, Any]) -> None:
+    """Raise unless both score sets hold the same example ids in the same order.
 
-    Args:
-        base, variant: per-example scores with keys label, prediction, probabilities (n, C).
+    Ids are hashes of each example's content (text, or a window's token ids); equal label
+    sequences or equal window lengths are not evidence of equal examples.
 
     Raises:
-        ValueError: the two were not scored on the same examples (lengths or labels differ).
+        ValueError: ids missing (scores kept before pairing by ids), of another count, or different.
     """
+    ids, ids_v = base.get("example_ids"), variant.get("example_ids")
+    if ids is None or ids_v is None:
+        raise ValueError("the per-example scores keep no example ids (kept before pairing by ids), so whether "
+                         "both sides saw the same examples cannot be told; measure both again")
+    if len(ids) != len(ids_v):
+        raise ValueError(f"scored on different examples: {len(ids)} against {len(ids_v)}")
+    differ = [i for i, (a, b) in enumerate(zip(ids, ids_v, strict=True)) if a != b]
+    if differ:
+        raise ValueError(f"scored on different examples: {len(differ)} of {len(ids)} example ids differ "
+                         f"(first at position {differ[0]})")
+
+
+def paired_classification(base: dict[str, Any], variant: dict[str, Any], n_boot: int = PAIRED_BOOTSTRAP,
+                          seed: int = PAIRED_SEED) -> list[Measurement]:
+    """accuracy_delta, flip_rate and kl_from_baseline of `variant` against `base`.
+
+    kl_from_baseline is the mean over examples of KL(p || q) = sum_c p_c (log p_c - log q_c),
+    computed from the unrounded log-probabilities both sides kept (a class with p_c = 0 adds 0).
+
+    Args:
+        base, variant: per-example scores with keys example_ids, label, prediction, log_probabilities (n, C).
+
+    Raises:
+        ValueError: the two were not scored on the same examples (`check_same_examples`).
+    """
+    check_same_examples(base, variant)
     gold, gold_v = np.asarray(base["label"]), np.asarray(variant["label"])
     if gold.shape != gold_v.shape or not (gold == gold_v).all():
-        raise ValueError("paired comparison needs both variants scored on the same examples, in the same order")
+        raise ValueError("the same examples carry different labels in the two score files")
     correct_b = (np.asarray(base["prediction"]) == gold).astype(float)    # (n,)
     correct_v = (np.asarray(variant["prediction"]) == gold).astype(float)
     flipped = (np.asarray(base["prediction"]) != np.asarray(variant["prediction"])).astype(float)
-    p = np.clip(np.asarray(base["probabilities"], dtype=np.float64), 1e-12, 1)  # (n, C)
-    q = np.clip(np.asarray(variant["probabilities"], dtype=np.float64), 1e-12, 1)
-    kl = (p * (np.log(p) - np.log(q))).sum(axis=1)                           # (n,) nats
+    log_p = np.asarray(base["log_probabilities"], dtype=np.float64)       # (n, C)
+    log_q = np.asarray(variant["log_probabilities"], dtype=np.float64)
+    p = np.exp(log_p)
+    with np.errstate(invalid="ignore"):  # -inf - -inf where p = 0: masked below
+        kl = np.where(p > 0, p * (log_p - log_q), 0.0).sum(axis=1)     # (n,) nats
     idx = _resamples(len(gold), n_boot, seed)
     delta = correct_v - correct_b
     n = len(gold)
-    extra = {"paired": "bootstrap over the same examples", "baseline": BASELINE}
+    extra = {"paired": "bootstrap over the same examples", "baseline": BASELINE, "bootstrap": n_boot}
     return [
         Measurement("accuracy_delta", float(delta.mean()), "fraction", True, n, *_interval(delta[idx].mean(1)),
                     extra=dict(extra)),
@@ -81,16 +127,20 @@ def paired_classification(base: dict[str, Any], variant: dict[str, Any], n_boot:
     ]
 
 
-def paired_perplexity(base: dict[str, Any], variant: dict[str, Any], n_boot: int = 1000,
-                      seed: int = 0) -> list[Measurement]:
+def paired_perplexity(base: dict[str, Any], variant: dict[str, Any], n_boot: int = PAIRED_BOOTSTRAP,
+                      seed: int = PAIRED_SEED) -> list[Measurement]:
     """perplexity_change = variant ppl / baseline ppl - 1, paired over the same windows.
 
     Each resample draws windows once and recomputes both token-weighted mean NLLs on them;
-    the change is exp(NLL_v - NLL_b) - 1. n = windows.
+    the change is exp(NLL_v - NLL_b) - 1. n = windows; details hold the scored tokens.
+
+    Raises:
+        ValueError: the two were not scored on the same windows (`check_same_examples`).
     """
+    check_same_examples(base, variant)
     tokens, tokens_v = np.asarray(base["window_tokens"]), np.asarray(variant["window_tokens"])
     if tokens.shape != tokens_v.shape or not (tokens == tokens_v).all():
-        raise ValueError("paired comparison needs both variants scored on the same windows")
+        raise ValueError("the same windows were scored on different numbers of tokens (another stride?)")
     nll_b, nll_v = np.asarray(base["window_nll_sum"]), np.asarray(variant["window_nll_sum"])
     idx = _resamples(len(tokens), n_boot, seed)
     weight = tokens[idx].sum(1)
@@ -98,15 +148,26 @@ def paired_perplexity(base: dict[str, Any], variant: dict[str, Any], n_boot: int
     change = float(np.exp((nll_v.sum() - nll_b.sum()) / tokens.sum()) - 1)
     return [Measurement("perplexity_change", change, "fraction", False, len(tokens), *_interval(resampled),
                         extra={"paired": "bootstrap over the same windows", "baseline": BASELINE,
-                               "tokens": int(tokens.sum())})]
+                               "tokens": int(tokens.sum()), "bootstrap": n_boot})]
 
 
-def pair_scores(base: dict[str, Any], variant: dict[str, Any], n_boot: int = 1000) -> list[Measurement]:
-    """The paired measurements for whichever quality scores both cells kept."""
-    if "accuracy" in base and "accuracy" in variant:
-        return paired_classification(base["accuracy"], variant["accuracy"], n_boot)
-    if "perplexity" in base and "perplexity" in variant:
-        return paired_perplexity(base["perplexity"], variant["perplexity"], n_boot)
+def _quality_key(base: dict[str, Any], variant: dict[str, Any]) -> str | None:
+    """Which kept quality scores both cells have: "accuracy", "perplexity" or None."""
+    return next((key for key in ("accuracy", "perplexity") if key in base and key in variant), None)
+
+
+def pair_scores(base: dict[str, Any], variant: dict[str, Any], n_boot: int = PAIRED_BOOTSTRAP,
+                seed: int = PAIRED_SEED) -> list[Measurement]:
+    """The paired measurements for whichever quality scores both cells kept.
+
+    Raises:
+        ValueError: they were scored on different examples (the reason says how).
+    """
+    key = _quality_key(base, variant)
+    if key == "accuracy":
+        return paired_classification(base["accuracy"], variant["accuracy"], n_boot, seed)
+    if key == "perplexity":
+        return paired_perplexity(base["perplexity"], variant["perplexity"], n_boot, seed)
     return []
 
 
@@ -122,24 +183,50 @@ def read_scores(run_dir: Path, cell_id: str, stage: int | None = None) -> dict[s
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def add_paired_rows(run_dir: Path, n_boot: int = 1000) -> int:
-    """Append paired rows for every ok variant (cell, stage) whose baseline cell has scores and that has none yet.
-
-    The baseline of a cell is the ok identity cell of the same task, model and device; every
-    stage of a chain is paired with it. Returns how many (cell, stage) pairs gained rows.
-    """
-    rows = read_rows(run_dir)
+def _stage_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, dict], dict[tuple[str, int], dict], set, set]:
+    """(first row of each cell, first ok row of each (cell, stage), (cell, stage)s already paired, failed cells)."""
     cells: dict[str, dict[str, Any]] = {}
-    stages: dict[str, set[int]] = {}
+    stages: dict[tuple[str, int], dict[str, Any]] = {}
     has_pairs, failed = set(), set()
     for row in rows:
         cells.setdefault(row["cell_id"], row)
         if row["metric"] in PAIRED_METRICS:
             has_pairs.add((row["cell_id"], row["stage"]))
-        elif row["metric"] == "cell":
-            failed.add(row["cell_id"])
+        elif row["metric"] == "cell" and row["status"] == ERROR:
+            failed.add(row["cell_id"])  # a skip after some stages keeps those stages' numbers, so only errors
         elif row["status"] == OK:
-            stages.setdefault(row["cell_id"], set()).add(row["stage"])
+            stages.setdefault((row["cell_id"], row["stage"]), row)
+    return cells, stages, has_pairs, failed
+
+
+def _paired_row(row: dict[str, Any], m: Measurement, details: dict[str, Any]) -> Row:
+    """A row of `m` in the cell and stage of `row`, on that stage's runtime (an ONNX stage's pairs say onnxruntime)."""
+    common = {k: row[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "stage", "device",
+                                  "runtime", "threads")}
+    return Row(**common, metric=m.metric, value=m.value, unit=m.unit, higher_is_better=m.higher_is_better, n=m.n,
+               ci_low=m.ci_low, ci_high=m.ci_high, status=OK, details=canonical_json({**m.extra, **details}))
+
+
+def _unpaired_rows(row: dict[str, Any], metrics: tuple[str, ...], reason: str, details: dict[str, Any]) -> list[Row]:
+    """Skipped rows saying why a pair was refused, so nothing reads the absence as "not measured yet"."""
+    common = {k: row[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "stage", "device",
+                                  "runtime", "threads")}
+    return [Row(**common, metric=metric, value=None, unit=None, higher_is_better=None, status=SKIPPED,
+                reason=reason, details=canonical_json(details)) for metric in metrics]
+
+
+def add_paired_rows(run_dir: Path, n_boot: int | None = None, seed: int | None = None) -> int:
+    """Append paired rows for every ok variant (cell, stage) whose baseline cell has scores and that has none yet.
+
+    The baseline of a cell is the ok identity cell of the same task, model and device; every
+    stage of a chain is paired with it, and its rows carry that stage's runtime. Pairs whose
+    example ids differ get skipped rows with the reason. The bootstrap count and seed are the
+    run's (`paired_bootstrap` of its manifest) unless given. Returns how many (cell, stage)
+    pairs gained rows (paired or refused).
+    """
+    recorded = paired_bootstrap(read_manifest(run_dir))
+    n_boot, seed = n_boot or recorded[0], recorded[1] if seed is None else seed
+    cells, stage_rows, has_pairs, failed = _stage_rows(read_rows(run_dir))
     baselines = {(r["task"], r["model"], r["device"]): cid for cid, r in cells.items()
                  if r["compressor"] == BASELINE and cid not in failed}
     added = 0
@@ -148,74 +235,73 @@ def add_paired_rows(run_dir: Path, n_boot: int = 1000) -> int:
         if base_id is None or cid == base_id or cid in failed:
             continue
         base_scores = read_scores(run_dir, base_id)
-        last = max(stages.get(cid, {0}))
-        for stage in sorted(stages.get(cid, ())):
-            scores = read_scores(run_dir, cid, None if stage == last else stage)
+        stages = sorted(stage for c, stage in stage_rows if c == cid)
+        for stage in stages:
+            scores = read_scores(run_dir, cid, None if stage == stages[-1] else stage)
             if (cid, stage) in has_pairs or base_scores is None or scores is None:
                 continue
+            row, details = stage_rows[(cid, stage)], {"baseline_cell": base_id}
             try:
-                measured = pair_scores(base_scores, scores, n_boot)
-            except ValueError:
-                continue  # scored on other examples (e.g. a changed eval_limit): nothing to pair
-            common = {k: first[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "device",
-                                            "runtime", "threads")}
-            append_rows(run_dir, [Row(**common, stage=stage, metric=m.metric, value=m.value, unit=m.unit,
-                                      higher_is_better=m.higher_is_better, n=m.n, ci_low=m.ci_low,
-                                      ci_high=m.ci_high, status=OK,
-                                      details=canonical_json({**m.extra, "baseline_cell": base_id}))
-                                  for m in measured])
-            added += 1
+                rows = [_paired_row(row, m, details) for m in pair_scores(base_scores, scores, n_boot, seed)]
+            except ValueError as exc:
+                metrics = PAIRED_METRICS[:3] if _quality_key(base_scores, scores) == "accuracy" else PAIRED_METRICS[3:]
+                rows = _unpaired_rows(row, metrics, f"not paired with the baseline: {exc}", details)
+            if rows:
+                append_rows(run_dir, rows)
+                added += 1
     return added
 
 
-def companion_gain(companion: dict[str, Any], variant: dict[str, Any], n_boot: int = 1000,
-                   seed: int = 0) -> Measurement | None:
-    """`gain_vs_companion` of `variant` over its companion, paired over the same examples (windows)."""
+def companion_gain(companion: dict[str, Any], variant: dict[str, Any], n_boot: int = PAIRED_BOOTSTRAP,
+                   seed: int = PAIRED_SEED) -> Measurement | None:
+    """`gain_vs_companion` of `variant` over its companion, paired over the same examples (windows).
+
+    Raises:
+        ValueError: the two were scored on different examples.
+    """
     if "accuracy" in companion and "accuracy" in variant:
         delta = paired_classification(companion["accuracy"], variant["accuracy"], n_boot, seed)[0]
         return Measurement(COMPANION_METRIC, delta.value, "fraction", True, delta.n, delta.ci_low, delta.ci_high,
-                           extra={"paired": "bootstrap over the same examples",
+                           extra={"paired": "bootstrap over the same examples", "bootstrap": n_boot,
                                   "definition": "accuracy minus the companion's accuracy"})
     if "perplexity" in companion and "perplexity" in variant:
         change = paired_perplexity(companion["perplexity"], variant["perplexity"], n_boot, seed)[0]
         # ppl_v / ppl_c - 1 = change, so the share removed is -change; the interval flips with it
         return Measurement(COMPANION_METRIC, -change.value, "fraction", True, change.n, -change.ci_high,
-                           -change.ci_low, extra={"paired": "bootstrap over the same windows",
+                           -change.ci_low, extra={"paired": "bootstrap over the same windows", "bootstrap": n_boot,
                                                   "definition": "1 - perplexity / the companion's perplexity"})
     return None
 
 
-def add_companion_rows(run_dir: Path, companions: dict[str, str], n_boot: int = 1000) -> int:
-    """Append `gain_vs_companion` for every ok cell whose companion cell is ok and has scores. Returns how many."""
-    rows = read_rows(run_dir)
-    cells: dict[str, dict[str, Any]] = {}
-    done, failed = set(), set()
-    for row in rows:
-        cells.setdefault(row["cell_id"], row)
-        if row["metric"] == COMPANION_METRIC:
-            done.add(row["cell_id"])
-        if row["metric"] == "cell":
-            failed.add(row["cell_id"])
+def add_companion_rows(run_dir: Path, companions: dict[str, str], n_boot: int | None = None) -> int:
+    """Append `gain_vs_companion` for every ok cell whose companion cell is ok and has scores. Returns how many.
+
+    The row belongs to the cell's last stage (whose scores <cell>.json holds) and its runtime;
+    companions scored on other examples get a skipped row with the reason.
+    """
+    recorded = paired_bootstrap(read_manifest(run_dir))
+    n_boot = n_boot or recorded[0]
+    cells, stage_rows, _, failed = _stage_rows(read_rows(run_dir))
+    done = {row["cell_id"] for row in read_rows(run_dir) if row["metric"] == COMPANION_METRIC}
     added = 0
     for cid, other in companions.items():
         if cid not in cells or other not in cells or cid in done or {cid, other} & failed:
             continue
         mine, theirs = read_scores(run_dir, cid), read_scores(run_dir, other)
-        if mine is None or theirs is None:
+        stages = sorted(stage for c, stage in stage_rows if c == cid)
+        if mine is None or theirs is None or not stages:
             continue
+        row = stage_rows[(cid, stages[-1])]
+        details = {"companion_cell": other, "companion_params": json.loads(cells[other]["params"])}
         try:
-            measured = companion_gain(theirs, mine, n_boot)
-        except ValueError:
+            measured = companion_gain(theirs, mine, n_boot, recorded[1])
+        except ValueError as exc:
+            append_rows(run_dir, _unpaired_rows(row, (COMPANION_METRIC,), f"not paired with the companion: {exc}",
+                                                details))
+            added += 1
             continue
         if measured is None:
             continue
-        first = cells[cid]
-        common = {k: first[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "stage",
-                                        "device", "runtime", "threads")}
-        append_rows(run_dir, [Row(**common, metric=measured.metric, value=measured.value, unit=measured.unit,
-                                  higher_is_better=True, n=measured.n, ci_low=measured.ci_low,
-                                  ci_high=measured.ci_high, status=OK,
-                                  details=canonical_json({**measured.extra, "companion_cell": other,
-                                                          "companion_params": json.loads(cells[other]["params"])}))])
+        append_rows(run_dir, [_paired_row(row, measured, details)])
         added += 1
     return added

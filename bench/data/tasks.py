@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 
 from bench.config.matrix import TaskSpec
 from bench.measure import Measurement
+from bench.measure.accuracy import classification_metrics, example_id
+from bench.measure.perplexity import perplexity
 from bench.zoo.data import TextDataset, load_dataset, pair_datasets, split_dataset, validation_split
 from bench.zoo.vectors import is_vector_dataset
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION, Batch, Model
@@ -26,6 +29,9 @@ EVAL_BATCH_SIZE = 16
 CALIBRATION_BATCH_SIZE = 8
 VALIDATION_FRACTION = 0.1  # of the train split, held out of training for keep-best and early stopping
 HIDDEN = -1  # the label of an example whose label the low-label setting hides
+# The LM stream is tokenized without special tokens: no BOS before the joined text (its first
+# token is predicted from nothing and never scored) and no BOS per window; rows record it.
+ADD_SPECIAL_TOKENS = False
 
 
 def load_splits(spec: TaskSpec, seed: int) -> tuple[TextDataset, TextDataset]:
@@ -154,7 +160,8 @@ class Task:
         """
         order = stratified_order(ds.labels, len(ds.texts), self.seed) if shuffle else list(range(len(ds.texts)))
         texts = [ds.texts[i] for i in order]
-        enc = self.tokenizer("\n\n".join(texts), add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer("\n\n".join(texts), add_special_tokens=ADD_SPECIAL_TOKENS,
+                             return_offsets_mapping=True)
         ids = torch.tensor(enc["input_ids"], dtype=torch.long)
         if max_tokens is None or max_tokens >= len(ids):
             return ids, coverage(ds, order)
@@ -207,6 +214,14 @@ class Task:
         self.coverage_notes["calibration"] = coverage(self.train, chosen)
         for start in range(0, len(chosen), CALIBRATION_BATCH_SIZE):
             yield self._encode([self.train.texts[i] for i in chosen[start:start + CALIBRATION_BATCH_SIZE]])
+
+    def example_batch(self) -> Batch:
+        """The first train examples (LM: the first window), for tracing or probing; not calibration,
+        so unlike `calibration_batches` it leaves `coverage_notes` alone."""
+        if self.kind == CAUSAL_LM:
+            ids = self.train_tokens[: self.spec.seq_len][None, :]  # (1, T)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return self._encode(list(self.train.texts[:2]))
 
     def _labelled_split(self, label_fraction: float) -> tuple[list[int], list[int]]:
         """(labelled, hidden) indices of the training part: a seeded, stratified `label_fraction` keeps labels."""
@@ -288,21 +303,24 @@ class Task:
         texts = [self.test.texts[order[i % len(order)]] for i in range(self.spec.latency_batch)]
         return self._encode(texts)
 
+    def tokenizer_details(self) -> dict[str, Any]:
+        """What a perplexity depends on besides the model: which tokenizer cut the text and whether a BOS was added."""
+        return {"tokenizer": tokenizer_name(self.tokenizer), "tokenizer_class": type(self.tokenizer).__name__,
+                "vocab_size": len(self.tokenizer), "add_bos": ADD_SPECIAL_TOKENS}
+
     def evaluate(self, model: Model, bootstrap: int = 1000, progress: bool = False) -> list[Measurement]:
         """Quality on the held-out split: accuracy and macro-F1, or perplexity.
 
-        Each returned measurement keeps its per-example (per-window) scores in `scores`
-        so variants can be compared with the baseline on the same examples (paired).
+        Each returned measurement keeps its per-example (per-window) scores in `scores`, with
+        an id per example (the hash of its text; for windows, of its token ids), so variants
+        are compared with the baseline only on the same examples (paired).
         """
         if self.kind == CAUSAL_LM:
-            from bench.measure.perplexity import perplexity
-
             measured = perplexity(model, self.test_tokens, self.spec.seq_len, stride=self.spec.stride,
                                   n_boot=bootstrap, progress=progress)
             measured.extra["coverage"] = self.coverage_notes.get("evaluation")
+            measured.extra.update(self.tokenizer_details())
             return [measured]
-        from bench.measure.accuracy import classification_metrics
-
         labels = torch.tensor(self.test.labels)
         texts = list(self.test.texts)
 
@@ -311,7 +329,15 @@ class Task:
                 yield self._encode(texts[start:start + EVAL_BATCH_SIZE]), labels[start:start + EVAL_BATCH_SIZE]
 
         measured = classification_metrics(model, batches(), num_classes=len(self.train.label_names),
-                                          n_boot=bootstrap, label_names=self.train.label_names)
+                                          n_boot=bootstrap, label_names=self.train.label_names,
+                                          example_ids=[example_id(text.encode("utf-8")) for text in texts])
         for m in measured:
             m.extra.setdefault("coverage", coverage(self.test, range(len(texts))))
         return measured
+
+
+def tokenizer_name(tokenizer: Any) -> str:
+    """The tokenizer's name, without the machine-specific folder a local one was loaded from."""
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    path = Path(name)
+    return "/".join(path.parts[-2:]) if path.is_absolute() else name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -130,29 +131,55 @@ def per_class_recall(predictions: np.ndarray, labels: np.ndarray, num_classes: i
             for c in range(num_classes)]
 
 
+def example_id(data: bytes) -> str:
+    """A short stable id of one example's content (its text, or its input tensor's bytes).
+
+    Paired comparisons match examples by these ids, not by label sequences (a split stored class
+    by class gives equal label sequences for different subsets of equal size).
+    """
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def input_ids_of(batch: Batch) -> list[str]:
+    """One id per example of a batch: the hash of that example's slice of every input tensor."""
+    rows = len(next(iter(batch.values())))
+    return [example_id(b"".join(batch[key][i].detach().cpu().contiguous().numpy().tobytes() for key in sorted(batch)))
+            for i in range(rows)]
+
+
 def classification_metrics(model: Model, batches: Iterable[tuple[Batch, torch.Tensor]], num_classes: int,
-                           n_boot: int = 1000, seed: int = 0,
-                           label_names: Sequence[str] | None = None) -> list[Measurement]:
+                           n_boot: int = 1000, seed: int = 0, label_names: Sequence[str] | None = None,
+                           example_ids: Sequence[str] | None = None) -> list[Measurement]:
     """[accuracy, macro_f1] of `model` on labelled batches.
 
     Each batch goes through `model.forward`; the prediction is the argmax of the logits
     (B, num_classes). See `accuracy` and `macro_f1` for the definitions. The accuracy row's
     extra holds the recall of every class (a mean can hide a class that collapses); its
-    `scores` keep each example's label, prediction and predicted distribution (softmax of
-    the logits, float32) for paired comparisons.
+    `scores` keep each example's id, label, prediction and log-probabilities (log_softmax of
+    the logits in float64, unrounded, so a KL divergence computed from them is exact) for
+    paired comparisons.
+
+    Args:
+        example_ids: one id per example in batch order (e.g. `example_id` of each text); None:
+            the hash of each example's input tensors (`input_ids_of`).
     """
-    predictions, labels, probabilities = [], [], []
+    predictions, labels, log_probabilities, ids = [], [], [], []
     for batch, batch_labels in batches:
         logits = model.forward(batch).float().cpu()  # (B, num_classes)
         predictions.append(logits.argmax(dim=-1))
-        probabilities.append(logits.softmax(dim=-1))
+        log_probabilities.append(logits.double().log_softmax(dim=-1))
         labels.append(batch_labels.cpu())
+        if example_ids is None:
+            ids += input_ids_of(batch)
     if not labels:
         raise ValueError("batches must yield at least one (batch, labels) pair, got none")
     pred, gold = torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+    ids = list(example_ids) if example_ids is not None else ids
+    if len(ids) != len(gold):
+        raise ValueError(f"example_ids must name every example, got {len(ids)} ids for {len(gold)} examples")
     acc = accuracy(pred, gold, n_boot, seed)
     names = list(label_names) if label_names else [str(c) for c in range(num_classes)]
     acc.extra["recall"] = dict(zip(names, per_class_recall(pred, gold, num_classes), strict=True))
-    acc.scores = {"label": gold.tolist(), "prediction": pred.tolist(),
-                  "probabilities": torch.cat(probabilities).numpy().round(6).tolist()}
+    acc.scores = {"example_ids": ids, "label": gold.tolist(), "prediction": pred.tolist(),
+                  "log_probabilities": torch.cat(log_probabilities).tolist()}
     return [acc, macro_f1(pred, gold, num_classes, n_boot, seed)]

@@ -10,24 +10,34 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
+from scipy import stats
 
 from bench.measure import Measurement
+from bench.measure.accuracy import LEVEL
 from bench.measure.latency import _synchronize, _timed_call
 
 TOKENS_PER_S = "tokens/s"
+# Rounds of decode timing. The speed-up's interval is a t interval over the rounds' log-ratios,
+# so it needs more than a handful: with 3 rounds t(0.975, 2) = 4.3 and any interval is too wide
+# to judge; 10 rounds (t = 2.26) keep the decode timing of a quick cell within a minute on a CPU.
+DECODE_ROUNDS = 10
+INTERVAL = "t interval over per-round log-ratios (rounds interleaved with the baseline)"
 
 
 def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int, device: str = "cpu",
-                rounds: int = 3) -> dict[str, list[float]]:
+                rounds: int = DECODE_ROUNDS) -> dict[str, list[float]]:
     """Seconds per decoded token of each generator, one value per round.
 
     `generators[name](k)` generates exactly k new tokens (greedy, batch 1, KV cache) after a
     fixed prompt. Per round and generator: t(new_tokens) - t(1) removes the prefill and the
     first token, leaving new_tokens - 1 decode steps; the generators alternate order by round
-    (as in `time_interleaved`). One untimed warm-up call each first.
+    (as in `time_interleaved`), so round i of every generator saw the same machine state and
+    per-round ratios pair them. One untimed warm-up call each first.
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 (one prefill token and one decode step), got {new_tokens}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     names = list(generators)
     for name in names:
         generators[name](2)
@@ -43,19 +53,43 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
     return per_token
 
 
+def log_ratio_interval(log_ratios: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
+    """t interval of the mean of paired log-ratios, exponentiated: (low, high) of the geometric-mean ratio.
+
+    None with fewer than two values (no spread to estimate). Rounds are the independent
+    unit (within a round both sides share the machine's state), so n = rounds, df = n - 1.
+    """
+    n = len(log_ratios)
+    if n < 2:
+        return None
+    mean = float(np.mean(log_ratios))
+    half = float(stats.t.ppf((1 + level) / 2, n - 1) * np.std(log_ratios, ddof=1) / np.sqrt(n))
+    return float(np.exp(mean - half)), float(np.exp(mean + half))
+
+
 def decode_measurements(per_token_s: list[float], baseline_per_token_s: list[float], new_tokens: int,
                         prompt_tokens: int) -> list[Measurement]:
     """decode_tokens_per_s (higher is better) and decode_speedup against the baseline timed alongside.
 
     decode_tokens_per_s = 1 / median seconds per decoded token over rounds; n = rounds.
-    decode_speedup = baseline median / this median (same process, interleaved), unit x;
-    its interval spans the per-round ratios (min, max) since rounds are few.
+    decode_speedup = exp(mean over rounds of log(baseline s/token / this s/token)), the
+    geometric mean of the per-round ratios (same process, interleaved), unit x, higher is
+    better; n = rounds; 95% interval: a t interval on the mean log-ratio, exponentiated (none
+    with a single round). The per-round ratios' min and max are kept in the details as
+    `round_ratio_range`: a range, not an interval.
     """
     extra = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "batch": 1, "cache": "kv"}
-    mine, base = np.asarray(per_token_s), np.asarray(baseline_per_token_s)
-    ratios = base / mine
+    mine, base = np.asarray(per_token_s, dtype=np.float64), np.asarray(baseline_per_token_s, dtype=np.float64)
+    if mine.shape != base.shape or len(mine) == 0:
+        raise ValueError(f"decode timings must hold one value per round for both models, got {len(mine)} "
+                         f"and {len(base)}")
+    log_ratios = np.log(base) - np.log(mine)  # (rounds,) paired by round
+    interval = log_ratio_interval(log_ratios)
+    ratios = np.exp(log_ratios)
+    speedup_extra = {**extra, "interval": INTERVAL if interval else "none (one round)",
+                     "round_ratio_range": [float(ratios.min()), float(ratios.max())]}
+    low, high = interval or (None, None)
     return [Measurement("decode_tokens_per_s", float(1 / np.median(mine)), TOKENS_PER_S, True, n=len(mine),
                         extra=dict(extra)),
-            Measurement("decode_speedup", float(np.median(base) / np.median(mine)), "x", True, n=len(mine),
-                        ci_low=float(ratios.min()), ci_high=float(ratios.max()),
-                        extra={**extra, "interval": "range of per-round ratios"})]
+            Measurement("decode_speedup", float(np.exp(log_ratios.mean())), "x", True, n=len(mine),
+                        ci_low=low, ci_high=high, extra=speedup_extra)]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bench.measure import Measurement
-from bench.measure.accuracy import bootstrap_ci
+from bench.measure.accuracy import bootstrap_ci, example_id
 from compressors.core.base import Model
 
 PPL = "ppl"
@@ -35,10 +35,12 @@ def perplexity(model: Model, token_ids: torch.Tensor, seq_len: int, stride: int 
     (B, T, V) are turned into log-probabilities with log_softmax in float32, and
     ppl = exp(sum of NLL over all scored tokens / number of scored tokens).
 
-    Unit ppl, lower is better; n = scored tokens; extra records seq_len, stride, tokens
-    (scored) and windows. The 95% interval is a percentile bootstrap that resamples whole
-    windows (treating windows as independent, which neighbouring text is not quite) and
-    recomputes the token-weighted mean NLL of each resample; its ends are exponentiated.
+    Unit ppl, lower is better; n = windows, the units the interval resamples; extra records
+    seq_len, stride, tokens (scored) and windows. The 95% interval is a percentile bootstrap
+    that resamples whole windows (treating windows as independent, which neighbouring text is
+    not quite) and recomputes the token-weighted mean NLL of each resample; its ends are
+    exponentiated. `scores` keep each window's id (a hash of its token ids), NLL sum and
+    scored-token count, so variants pair only on identical windows.
 
     Raises:
         ValueError: token_ids is not 1-D, seq_len < 2, stride outside 1..seq_len,
@@ -92,9 +94,11 @@ def perplexity(model: Model, token_ids: torch.Tensor, seq_len: int, stride: int 
     per_window = np.stack([nll_sums, counts], axis=1)  # (W, 2)
     low, high = bootstrap_ci(per_window, _token_weighted_mean, n_boot, seed)
     extra = {"seq_len": seq_len, "stride": stride, "tokens": tokens, "windows": num_windows}
-    return Measurement("perplexity", math.exp(mean_nll), PPL, False, n=tokens, ci_low=math.exp(low),
+    ids = [example_id(window.contiguous().numpy().tobytes()) for window in windows]  # (W,) ids
+    return Measurement("perplexity", math.exp(mean_nll), PPL, False, n=num_windows, ci_low=math.exp(low),
                        ci_high=math.exp(high), extra=extra,
-                       scores={"window_nll_sum": nll_sums.tolist(), "window_tokens": counts.tolist()})
+                       scores={"example_ids": ids, "window_nll_sum": nll_sums.tolist(),
+                               "window_tokens": counts.tolist()})
 
 
 def _token_weighted_mean(resamples: np.ndarray) -> np.ndarray:

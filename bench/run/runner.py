@@ -18,7 +18,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.paired import COMPANIONS, SCORES_DIR, add_companion_rows, add_paired_rows, scores_file
+from bench.analysis.paired import (
+    COMPANIONS,
+    PAIRING,
+    SCORES_DIR,
+    add_companion_rows,
+    add_paired_rows,
+    pairing_settings,
+    scores_file,
+)
 from bench.config.matrix import CompressorSpec, ConfigError, Matrix, TaskSpec
 from bench.results.store import (
     ERROR,
@@ -245,6 +253,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     manifest = previous or provenance.manifest(matrix, run_id)
     manifest["settings"] = settings
     manifest["cells"] = {**manifest.get("cells", {}), **{c["id"]: c["label"] for c in cells}}
+    manifest[PAIRING] = pairing_settings()  # `check` re-pairs this run's scores with the same count and seed
     manifest[COMPANIONS] = {**manifest.get(COMPANIONS, {}),
                             **{c["id"]: c["companion"] for c in cells if c["companion"]}}
     write_manifest(run_dir, manifest)
