@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.config.matrix import ConfigError
+from bench.results.store import RunFolderError, check_schema
 from bench.zoo import LoadPolicy, ZooError
+from compressors.core.registry import PluginError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         return {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list, "load": cmd_load,
                 "check": cmd_check, "recommend": cmd_recommend}[args.command](args)
-    except (UserError, ConfigError, ZooError) as exc:
+    except (UserError, ConfigError, ZooError, RunFolderError, PluginError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message held
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -194,6 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = args.out / run_id
         if (run_dir / "rows.jsonl").exists() and not args.resume:
             raise UserError(f"{run_dir} already has results: add --resume to continue it, or choose another --run-id")
+        if args.resume and (run_dir / "manifest.json").exists():
+            check_schema(run_dir, "--resume")  # new rows beside rows of another meaning would be misread
         if args.executor == "ray":
             try:
                 import ray  # noqa: F401
@@ -233,6 +237,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     run_dir = _existing_run(args.run_dir)
     baseline = _existing_run(args.baseline) if args.baseline is not None else None
+    if baseline is not None:
+        check_schema(baseline, "--baseline")
     try:
         budgets = load_budgets(args.budget, run_metrics(run_dir))
         results = check_run(run_dir, budgets, baseline)
@@ -243,7 +249,11 @@ def cmd_check(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(render(results, run_dir, args.budget, baseline, verbose=args.verbose), end="")
     if args.junit is not None:
-        print(f"junit: {write_junit(results, args.junit, run_dir, args.budget)}", file=sys.stderr)
+        try:
+            print(f"junit: {write_junit(results, args.junit, run_dir, args.budget)}", file=sys.stderr)
+        except OSError as exc:  # the table above is printed; the exit code says the XML is missing
+            raise UserError(f"--junit {args.junit}: cannot write it ({exc.strerror or exc}); "
+                            "give a file in an existing, writable folder") from None
     return EXIT_CHECK_FAILED if any(r.status == "broken" for r in results) else EXIT_OK
 
 

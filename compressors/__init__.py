@@ -9,7 +9,7 @@ in $COMPBENCH_PLUGINS or an entry point of group "compbench.compressors".
 import importlib
 import pkgutil
 
-from compressors.core.registry import available, build, describe, load_plugins, lookup, register
+from compressors.core.registry import available, build, describe, lookup, register
 
 
 def _import_all() -> None:
@@ -18,7 +18,6 @@ def _import_all() -> None:
         importlib.import_module(info.name)
 
 
-_import_all()
-load_plugins()
+_import_all()  # plugins from outside load when the registry is first read (registry.load_plugins)
 
 __all__ = ["available", "build", "describe", "lookup", "register"]

@@ -18,6 +18,11 @@ PROSE = ("The committee met on Tuesday to discuss the budget for the coming year
          "spending on roads and schools should rise while administrative costs fall.")
 
 
+def paragraphs(n):
+    """n distinct paragraphs of PROSE (loaders drop exact duplicates, so repeats would count once)."""
+    return [f"{PROSE} Item {i}." for i in range(n)]
+
+
 def matrix(tmp_path, task=TASK, compressor='name = "identity"', top=""):
     """A matrix file with one task and one compressor (each given as the lines of its table)."""
     path = tmp_path / "m.toml"
@@ -158,20 +163,21 @@ CASES = [
      ["unknown dataset 'bbc-newz'", "did you mean bbc-news"]),
     ("missing-data-file", lambda t, m: run(t, matrix(t, task=lm_task_on(t / "absent.txt"))),
      ["dataset file", "absent.txt does not exist"]),
-    ("missing-test-file", lambda t, m: run(t, matrix(t, task=lm_task_on(text_file(t, "a.txt", [PROSE] * 40),
+    ("missing-test-file", lambda t, m: run(t, matrix(t, task=lm_task_on(text_file(t, "a.txt", paragraphs(40)),
                                                                         f'test_dataset = "{t / "absent.txt"}"'))),
      ["test_dataset file", "does not exist"]),
     ("csv-columns", lambda t, m: run(t, classify_task(t, _csv(t, "sentence,score", "hello,1"))),
      ["needs columns 'text' and 'label'"]),
     ("jsonl-syntax", lambda t, m: run(t, classify_task(t, _jsonl(t))), ["line 2: not valid JSON"]),
-    ("classify-text", lambda t, m: run(t, classify_task(t, text_file(t, "a.txt", [PROSE] * 5))), ["has no labels"]),
+    ("classify-text", lambda t, m: run(t, classify_task(t, text_file(t, "a.txt", paragraphs(5)))), ["has no labels"]),
     ("one-paragraph", lambda t, m: run(t, matrix(t, task=lm_task_on(text_file(t, "one.txt", [PROSE * 20])))),
      ["held-out 30% of", "one.txt has no paragraphs", "test_dataset"]),
-    ("held-out-too-short", lambda t, m: run(t, matrix(t, task=lm_task_on(text_file(t, "short.txt", [PROSE] * 10)))),
+    ("held-out-too-short", lambda t, m: run(t, matrix(t, task=lm_task_on(text_file(t, "short.txt", paragraphs(10))))),
      ["held-out 30% of", "has 3 paragraph(s) and", "tokens", "seq_len=512", "lower seq_len to at most",
       "test_dataset"]),
     ("test-file-too-short", lambda t, m: run(t, matrix(t, task=lm_task_on(
-        text_file(t, "train.txt", [PROSE] * 40), f'test_dataset = "{text_file(t, "t.txt", [PROSE])}"\nseq_len = 256'))),
+        text_file(t, "train.txt", paragraphs(40)),
+        f'test_dataset = "{text_file(t, "t.txt", [PROSE])}"\nseq_len = 256'))),
      ["test_dataset", "t.txt has 1 paragraph(s)", "seq_len=256"]),
     ("unseen-test-label", lambda t, m: run(t, classify_task(
         t, _csv(t, "text,label", "a,pos", "b,neg"),
@@ -250,13 +256,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, build, 
 
 def test_the_same_inputs_done_right_pass(tmp_path):
     """Controls for the corpus: fixed as its messages say, the inputs validate."""
-    from bench.config.validate import validate_matrix
-
     from bench.config.matrix import load_matrix
+    from bench.config.validate import validate_matrix
     from bench.zoo import LoadPolicy
     from bench.zoo.models import check_model
 
-    notes = text_file(tmp_path, "notes.txt", [PROSE] * 10)  # "held-out-too-short" at seq_len 512
+    notes = text_file(tmp_path, "notes.txt", paragraphs(10))  # "held-out-too-short" at seq_len 512
     validate_matrix(load_matrix(matrix(tmp_path, task=lm_task_on(notes, "seq_len = 64"))))
     (tmp_path / "m.toml").unlink()
     one = text_file(tmp_path, "one.txt", [PROSE * 20])  # "one-paragraph", scored whole with test_dataset

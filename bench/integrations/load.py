@@ -50,6 +50,18 @@ def recorded_cell(directory: Path) -> dict[str, Any]:
     return rows
 
 
+def latency_shape(row: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The (batch, tokens) a latency row was timed on, from its details (a dict, or JSON text in older runs)."""
+    details = (row or {}).get("details")
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except json.JSONDecodeError:
+            return None
+    shape = details.get("latency_shape") if isinstance(details, dict) else None
+    return (int(shape[0]), int(shape[1])) if isinstance(shape, list) and len(shape) >= 2 else None
+
+
 def example_input(model: Any, text: str, batch: int, length: int) -> dict[str, torch.Tensor]:
     """A (batch, length) input: `text` through the artifact's tokenizer, or seeded random ids without one."""
     tokenizer = model.tokenizer
@@ -90,8 +102,7 @@ def smoke_load(directory: str | Path, text: str, batch: int | None = None, lengt
         raise ValueError(f"{directory} holds a chain's stages ({', '.join(stages)}): load one of them, "
                          f"e.g. {directory / stages[-1]}")
     recorded = recorded_cell(directory)
-    shape = (recorded.get("latency_p50") or {}).get("details")
-    shape = json.loads(shape).get("latency_shape") if isinstance(shape, str) else None
+    shape = latency_shape(recorded.get("latency_p50"))
     batch = batch or (shape[0] if shape else DEFAULT_SHAPE[0])
     length = length or (shape[1] if shape else DEFAULT_SHAPE[1])
 
@@ -112,7 +123,7 @@ def smoke_load(directory: str | Path, text: str, batch: int | None = None, lengt
         lines.append(f"  cell: {recorded['_label']}")
     lines.append(f"  params {info.params:,} ({info.nonzero_params:,} nonzero); {size / 1e6:.2f} MB on disk "
                  f"({size:,} bytes)")
-    source = "the run's latency input" if shape and (batch, length) == tuple(shape) else "input"
+    source = "the run's latency input" if shape and (batch, length) == shape else "input"
     lines.append(f"  forward on {source} {tuple(inputs['input_ids'].shape)} -> logits {tuple(logits.shape)} "
                  f"in {forward_ms:.1f} ms; outputs finite: {'yes' if finite else 'NO'}")
     if finite and model.kind == "causal-lm":

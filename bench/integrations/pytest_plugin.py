@@ -17,7 +17,10 @@ Configure it with command-line options or `[tool.pytest.ini_options]` keys:
     --compbench-keep-artifacts / compbench_keep_artifacts   keep each variant's artifact
                                               (needed by `CompbenchRun.load`, e.g. for pytest-benchmark)
 
-or override the `compbench_matrix` fixture in a conftest.py. Nothing heavy is imported until a
+or override the `compbench_matrix` fixture in a conftest.py. With a persistent --compbench-out, a
+later session resumes the earlier session's run only when it was made from the same matrix by the
+same compbench (the same clean git commit, or the same installed version); otherwise the old run is
+replaced, and the session says why. Nothing heavy is imported until a
 test asks for a fixture, so the plugin costs nothing in suites that do not use it.
 """
 
@@ -26,6 +29,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,7 +216,7 @@ class CompbenchRun:
         """
         import torch
 
-        from bench.integrations.load import DEFAULT_SHAPE, example_input
+        from bench.integrations.load import DEFAULT_SHAPE, example_input, latency_shape
         from compressors.shared.artifacts import ArtifactError, load_artifact
 
         measured = self.variant(pattern, task, device)
@@ -229,9 +234,7 @@ class CompbenchRun:
             model = load_artifact(path, device=measured.device)
         except ArtifactError as exc:
             pytest.skip(f"{measured.label}: {exc}")
-        details = (measured.rows.get("latency_p50") or {}).get("details")
-        shape = json.loads(details).get("latency_shape") if isinstance(details, str) else None
-        batch, length = shape or DEFAULT_SHAPE
+        batch, length = latency_shape(measured.rows.get("latency_p50")) or DEFAULT_SHAPE
         return LoadedVariant(model, example_input(model, "The quick brown fox reads the business news.", batch,
                                                   length), measured)
 
@@ -265,8 +268,15 @@ def compbench_run(request: pytest.FixtureRequest, compbench_matrix: str | None,
     run_id = "pytest-" + Path(str(compbench_matrix)).stem
     args = ["run", str(compbench_matrix), "--out", str(out / "results"), "--reports", str(out / "reports"),
             "--run-id", run_id, "--no-progress"]
-    if (out / "results" / run_id / "rows.jsonl").exists():
-        args.append("--resume")  # a persistent --compbench-out: finish or reuse the earlier session's run
+    if (out / "results" / run_id / "rows.jsonl").exists():  # a persistent --compbench-out
+        stale = why_not_reusable(out / "results" / run_id, str(compbench_matrix))
+        if stale is None:
+            args.append("--resume")  # finish or reuse the earlier session's run
+        else:
+            print(f"compbench: not reusing {out / 'results' / run_id}: {stale}; running {compbench_matrix} again",
+                  file=sys.stderr)
+            shutil.rmtree(out / "results" / run_id)
+            shutil.rmtree(out / "reports" / run_id, ignore_errors=True)
     keep = config.getoption("compbench_keep_artifacts")
     if keep or (keep is None and config.getini("compbench_keep_artifacts")):
         args.append("--keep-artifacts")
@@ -275,3 +285,42 @@ def compbench_run(request: pytest.FixtureRequest, compbench_matrix: str | None,
         pytest.fail(f"compbench run {compbench_matrix}: bad input (see the captured stderr above)", pytrace=False)
     # code 1: some cells ended in error; tests that ask for them fail with the reason (VariantFailed)
     return CompbenchRun(out / "results" / run_id)
+
+
+def why_not_reusable(run_dir: Path, matrix: str) -> str | None:
+    """Why an earlier session's run cannot stand for this session's, or None when it can.
+
+    It can when it was made by the same compbench (the same git commit without uncommitted changes,
+    or, outside a git checkout, the same installed version), with the same results schema, from the
+    same matrix (compared as loaded, so an edited TOML file counts as another matrix). A matrix that
+    does not load is left to `compbench run` to report.
+    """
+    from bench.config.matrix import ConfigError, load_matrix
+    from bench.results.store import SCHEMA_KEY, SCHEMA_VERSION, RunFolderError, canonical_json, read_manifest
+    from bench.run.provenance import git_commit, versions
+    from bench.zoo import ZooError
+
+    try:
+        manifest = read_manifest(run_dir)
+    except RunFolderError as exc:
+        return str(exc)
+    if manifest.get(SCHEMA_KEY, 0) != SCHEMA_VERSION:
+        return f"it has results schema {manifest.get(SCHEMA_KEY, 0)}, this compbench writes {SCHEMA_VERSION}"
+    commit, made_at = git_commit(), manifest.get("git_commit")
+    if commit is not None:
+        if commit != made_at:
+            return f"it was made at commit {made_at or 'unknown'}, this is {commit}"
+        if commit.endswith("+dirty"):
+            return f"compbench has uncommitted changes ({commit}): its code may differ from the run's"
+    elif versions().get("compbench") != (manifest.get("versions") or {}).get("compbench"):
+        return (f"it was made by compbench {(manifest.get('versions') or {}).get('compbench') or 'unknown'}, "
+                f"this is {versions().get('compbench') or 'unknown'}")
+    try:
+        current = json.loads(canonical_json(load_matrix(matrix).to_dict()))
+    except (ConfigError, ZooError, OSError):
+        return None
+    if canonical_json(current) != canonical_json(manifest.get("matrix")):
+        changed = sorted(k for k in set(current) | set(manifest.get("matrix") or {})
+                         if canonical_json(current.get(k)) != canonical_json((manifest.get("matrix") or {}).get(k)))
+        return f"it was made from another matrix (differing: {', '.join(changed)})"
+    return None

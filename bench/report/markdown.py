@@ -268,6 +268,8 @@ def provenance(manifest: dict[str, Any]) -> list[str]:
     present = [f"{name} {versions[name]}" for name in VERSIONED if name in versions]
     if present:
         lines.append(f"Versions: {', '.join(present)}.")
+    for task, data in (manifest.get("data") or {}).items():  # duplicates removed, train/test overlap
+        lines.append(f"Data of {task}: {data.get('note', 'not recorded')}.")
     return lines
 
 

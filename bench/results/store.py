@@ -2,13 +2,18 @@
 
 A cell's rows are appended in one write and fsynced when the cell finishes, so a
 run killed at any moment leaves only whole cells on disk (a torn last line, if the
-kill lands inside that write, is dropped on load and on resume).
+kill lands inside that write, is dropped on load and on resume). Every file that is
+rewritten rather than appended to (manifest.json, rows.jsonl when error cells are
+dropped) is written to a temporary file in the same folder, fsynced and renamed over
+the old one, so a kill leaves either the old or the new file, never half of one; a
+file that only gets shorter (a torn tail) is truncated in place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,17 @@ ROWS_FILE = "rows.jsonl"
 MANIFEST_FILE = "manifest.json"
 
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
+
+# What rows.jsonl, manifest.json and scores/ mean. Bump it when a column, a manifest key or the
+# scores format changes meaning: a run of an older version is refused (one line, exit 2) where
+# its numbers would be read as if they were this version's (`check --baseline`, `run --resume`).
+# Runs written before the manifest carried a version are version 0.
+SCHEMA_VERSION = 1
+SCHEMA_KEY = "schema_version"
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be read as this version of compbench writes it; a one-line reason."""
 
 
 @dataclass
@@ -80,7 +96,11 @@ def repair_torn_tail(run_dir: Path) -> None:
         return
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+        # truncate in place: rewriting the file would leave it empty if a kill landed in between
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def drop_error_cells(run_dir: Path) -> int:
@@ -90,10 +110,8 @@ def drop_error_cells(run_dir: Path) -> int:
     failed = {r["cell_id"] for r in rows if r.get("status") == ERROR and r.get("metric") == "cell"}
     if not failed:
         return 0
-    path = Path(run_dir) / ROWS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(canonical_json(r) + "\n" for r in rows if r["cell_id"] not in failed), encoding="utf-8")
-    tmp.replace(path)
+    kept = "".join(canonical_json(r) + "\n" for r in rows if r["cell_id"] not in failed)
+    write_atomically(Path(run_dir) / ROWS_FILE, kept)
     return len(failed)
 
 
@@ -112,10 +130,66 @@ def load(path: str | Path):
     return pd.DataFrame(read_rows(run_dir), columns=columns)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` so that a reader or a kill sees the old file or the new one, whole.
+
+    The text goes to a temporary file in the same folder (a rename is atomic only within one
+    file system), is fsynced, renamed over `path`, and the folder is fsynced so the rename
+    itself survives a power loss.
+    """
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    (Path(run_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    """Write manifest.json atomically; one without a schema version gets this compbench's."""
+    manifest = {SCHEMA_KEY: SCHEMA_VERSION, **manifest}
+    write_atomically(Path(run_dir) / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str))
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest, {} when it has none.
+
+    Raises:
+        RunFolderError: manifest.json is not a JSON object (damaged, e.g. by a kill of an older compbench).
+    """
     path = Path(run_dir) / MANIFEST_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{path} is damaged ({exc}); rerun into a new --run-id, or restore the file") from None
+    if not isinstance(manifest, dict):
+        raise RunFolderError(f"{path} is not a JSON object; is it a compbench run?")
+    return manifest
+
+
+def check_schema(run_dir: Path, role: str) -> None:
+    """Refuse a run written by an older (or newer) compbench where its files would be misread.
+
+    Args:
+        role: how the user gave the run, for the message (e.g. "--baseline").
+
+    Raises:
+        RunFolderError: the manifest's schema version is absent (version 0) or not SCHEMA_VERSION.
+    """
+    version = read_manifest(run_dir).get(SCHEMA_KEY, 0)
+    if version != SCHEMA_VERSION:
+        age = "an older" if isinstance(version, int) and version < SCHEMA_VERSION else "another"
+        raise RunFolderError(f"{role} {run_dir} was written by {age} compbench (results schema {version}, this one "
+                             f"reads {SCHEMA_VERSION}); record it again with this version (compbench run)")

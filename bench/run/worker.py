@@ -44,6 +44,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     from bench.zoo.models import load_model
     from compressors import build
     from compressors.core.base import CAUSAL_LM, CompressContext, CompressorUnavailable
+    from compressors.shared.artifacts import empty_directory
 
     spec = TaskSpec(**cell["task"])
     comp = CompressorSpec(**cell["compressor"])
@@ -87,8 +88,9 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
                     keep = str(Path(keep) / f"stage-{stage}") if multi else keep
                     extra["artifact"] = keep
                 measured = [Measurement("compress_seconds", seconds, "s", False, n=1, extra=extra)]
-                # saved before any forward: some 4-bit formats corrupt when saved after one
-                artifact = compressed.save(Path(keep or Path(scratch) / f"stage-{stage}"))
+                # saved before any forward: some 4-bit formats corrupt when saved after one; into an empty
+                # folder, as a kept artifact's folder may hold an earlier attempt's files (counted in size_bytes)
+                artifact = compressed.save(empty_directory(keep or Path(scratch) / f"stage-{stage}"))
                 measured += size_measurements(compressed, artifact)
                 timings = time_interleaved(
                     {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},

