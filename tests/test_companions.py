@@ -115,3 +115,78 @@ def test_several_only_patterns_run_the_cells_matching_any(companion_method):
     assert [c["label"] for c in plan_cells(m, ("cpu",), only=["*identity*"])] == ["bbc-topic/tiny-bert/identity/cpu"]
     both = plan_cells(m, ("cpu",), only=["*identity*", "*strength=2.0, use_teacher=True*"])
     assert len(both) == 3  # the baseline, the variant and its companion
+
+
+# ---- the report's side of the pair: each side's training, and the heat map's correction -----------------
+
+def test_holm_marks_only_what_survives_the_step_down_correction():
+    from bench.report.distill import holm, p_value
+
+    # m = 4: 0.005 <= 0.05/4 and 0.01 <= 0.05/3 survive; 0.03 > 0.05/2 stops, so 0.04 fails too,
+    # although 0.03 and 0.04 alone would pass at 5%
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    assert holm([0.02, 0.02]) == [True, True]  # 0.02 <= 0.025, then 0.02 <= 0.05
+    assert holm([0.2, None, 0.001]) == [False, False, True]  # a comparison without a p still counts in m
+    # a gain of 1.96 standard errors is p = 0.05; an interval [+0.5, +1.9] around +1.2 is z = 3.36
+    assert p_value(1.96, 0.0, 3.92) == pytest.approx(0.05, rel=1e-3)
+    assert p_value(1.2, 0.5, 1.9) == pytest.approx(7.8e-4, rel=0.02)
+    assert p_value(0.0, 0.0, 0.0) == 1.0 and p_value(1.0, None, None) is None
+
+
+def kd_run(tmp_path, steps_alone):
+    """A no-teacher student and KD over temperature x alpha (4 cells), each cell's training in its provenance."""
+    common = dict(run_id="r", task="bbc-topic", model="minilm-l6", stage=1, device="cpu", runtime="torch", threads=2,
+                  status="ok")
+
+    def rows(cell, params, accuracy, steps, seen, gain=None):
+        provenance = {"steps": steps, "examples_seen": seen}
+        out = [Row(cell_id=cell, compressor="kd", params=params, metric="accuracy", value=accuracy, unit="fraction",
+                   higher_is_better=True, n=639, ci_low=accuracy - 0.01, ci_high=accuracy + 0.01,
+                   details=__import__("json").dumps({"provenance": provenance}), **common)]
+        if gain is not None:
+            out.append(Row(cell_id=cell, compressor="kd", params=params, metric=COMPANION_METRIC, value=gain[0],
+                           unit="fraction", higher_is_better=True, n=639, ci_low=gain[1], ci_high=gain[2],
+                           details='{"companion_cell":"alone"}', **common))
+        return out
+
+    out = rows("alone", '{"label_fraction":0.1,"use_teacher":false}', 0.90, steps_alone, steps_alone * 16)
+    # gains (fraction) and intervals: p ~ 1e-6, ~0.002, ~0.046, ~0.6 (normal approximation)
+    gains = {(1, 0.5): (0.05, 0.03, 0.07), (2, 0.5): (0.02, 0.0075, 0.0325), (1, 0.9): (0.015, 0.0003, 0.0297),
+             (2, 0.9): (0.005, -0.0146, 0.0246)}
+    for (t, a), gain in gains.items():
+        params = f'{{"alpha":{a},"label_fraction":0.1,"temperature":{t}}}'
+        out += rows(f"kd-{t}-{a}", params, 0.90 + gain[0], 168, 2688, gain)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    append_rows(tmp_path, out)
+    from bench.report.tables import variant_table
+    from bench.results.store import load
+
+    return variant_table(load(tmp_path))
+
+
+def test_the_kd_table_shows_each_sides_steps_and_flags_unequal_ones(tmp_path):
+    from bench.report.distill import gains, kd_table
+
+    view = kd_run(tmp_path / "equal", steps_alone=168)
+    header, body = kd_table(view, gains(view))
+    column = {name: header.index(name) for name in ("steps, KD / alone", "examples seen, KD / alone", "verdict")}
+    assert {row[column["steps, KD / alone"]] for row in body} == {"168 / 168"}
+    assert {row[column["examples seen, KD / alone"]] for row in body} == {"2,688 / 2,688"}
+    assert all("unequal" not in row[column["verdict"]] for row in body)
+    view = kd_run(tmp_path / "gap", steps_alone=18)  # the old low-label pair: ten times the training
+    header, body = kd_table(view, gains(view))
+    assert {row[column["steps, KD / alone"]] for row in body} == {"168 / 18"}
+    assert all(row[column["verdict"]].endswith("unequal steps (168 vs 18): not the teacher alone") for row in body)
+
+
+def test_the_heat_map_counts_its_comparisons_and_marks_holm_survivors(tmp_path):
+    from bench.report.distill import gains, sweeps
+
+    view = kd_run(tmp_path, steps_alone=168)
+    (sweep,) = sweeps(view, gains(view))
+    assert (sweep.x_name, sweep.x_values, sweep.y_name, sweep.y_values) == ("alpha", [0.5, 0.9], "temperature", [1, 2])
+    assert sweep.comparisons == 4
+    # p ~ 1e-6 <= 0.05/4, p ~ 0.002 <= 0.05/3, p ~ 0.046 > 0.05/2 stops: the +1.5 pt whose interval
+    # excludes zero is not marked, nor the +0.5 pt within noise
+    assert sweep.survives == [[True, False], [True, False]]
+    assert sweep.grid[1][1][0] == pytest.approx(0.5) and sweep.grid[0][1][1] > 0

@@ -211,23 +211,61 @@ def test_the_budget_stops_training(teachers):
     ctx = ctx_for(teacher)
     by_steps = kd(epochs=50, max_steps=3).compress(teacher, ctx).provenance
     assert (by_steps["steps"], by_steps["stopped_by"]) == (3, "max_steps")
-    by_time = kd(epochs=50, max_seconds=0.5).compress(teacher, ctx).provenance
+    by_time = kd(epochs=50, max_seconds=0.5, use_teacher=False).compress(teacher, ctx).provenance  # no pair
     assert by_time["stopped_by"] == "max_seconds" and by_time["steps"] < 50 * 5
     capped = kd(epochs=50).compress(teacher, ctx_for(teacher, budget_cap=Budget(epochs=float("inf"), max_steps=2)))
     assert capped.provenance["steps"] == 2
     assert len(by_steps["validation"]) >= 1 and by_steps["best_step"] is not None
 
 
-def test_low_label_setting_teacher_labels_the_rest_and_the_companion_sees_only_the_labelled_share(teachers):
+def test_low_label_companion_takes_the_kd_cells_steps_by_cycling_its_labelled_share(teachers):
     teacher = teachers["bert"]
     ctx = ctx_for(teacher)
-    method = kd(label_fraction=0.25, epochs=1, batch_size=20)
+    method = kd(label_fraction=0.25, epochs=2, batch_size=4)
     taught = method.compress(teacher, ctx).provenance
     assert taught["labelled_examples"] == 10 and taught["teacher_labelled_examples"] == 30
-    assert taught["train_examples"] == 40
     name, params = method.companion()
     alone = build(name, params).compress(teacher, ctx).provenance
-    assert alone["train_examples"] == 10 and alone["teacher"] is None
+    assert alone["train_examples"] == 10 and alone["teacher"] is None and taught["train_examples"] == 40
+    # the same 20 optimizer steps (before: 2 passes over its 10 labels, 6 steps)
+    assert (alone["steps"], alone["planned_steps"]) == (taught["steps"], taught["planned_steps"]) == (20, 20)
+    # passes of 4 + 4 + 2 examples: 6 passes (18 steps, 60 examples) and 2 more steps (8 examples)
+    assert taught["examples_seen"] == 80 and alone["examples_seen"] == 68
+    assert alone["epoch_examples"] == taught["epoch_examples"] == 40
+    # without teacher labels the KD cell sees the labelled share alone, and so does its step plan
+    own = kd(label_fraction=0.25, epochs=2, batch_size=4, teacher_labels=False)
+    assert own.companion()[1]["teacher_labels"] is False
+    pair = [m.compress(teacher, ctx).provenance for m in (own, build(*own.companion()))]
+    assert [p["steps"] for p in pair] == [6, 6] and [p["examples_seen"] for p in pair] == [20, 20]
+
+
+def test_attention_knowledge_trains_its_companion_with_the_same_attention_and_dropout(teachers, monkeypatch):
+    """TinyBERT-style KD switches the student to eager attention without attention dropout; so must its twin."""
+    import compressors.distill.trainer as trainer
+
+    teacher = teachers["bert"]
+    seen = []
+    real_train = trainer.train
+
+    def spy(distiller, *args, **kwargs):
+        student = distiller.student
+        seen.append((student.config._attn_implementation,
+                     sorted(m.p for n, m in student.named_modules() if n.endswith("attention.self.dropout")),
+                     sorted(m.p for n, m in student.named_modules() if n.endswith("output.dropout"))))
+        return real_train(distiller, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", spy)
+    method = kd(knowledge="logits+hidden+attention", max_steps=2)
+    name, params = method.companion()
+    assert params == {"max_steps": 2, "lr": 1e-3, "batch_size": 8, "eager_attention": True, "use_teacher": False}
+    taught = method.compress(teacher, ctx_for(teacher)).provenance
+    alone = build(name, params).compress(teacher, ctx_for(teacher)).provenance
+    assert seen[0] == seen[1] and seen[0][0] == "eager" and seen[0][1] == [0.0, 0.0]
+    assert seen[0][2] and all(p > 0 for p in seen[0][2])  # the other dropouts stay as they were, on both sides
+    assert taught["attention_dropout_off"] == alone["attention_dropout_off"] == 2
+    assert taught["steps"] == alone["steps"] == 2
+    # logit KD keeps the default attention, and so does its (shared) companion
+    assert "eager_attention" not in kd(max_steps=2).companion()[1]
 
 
 def test_mutual_and_snapshot_modes_train_and_leave_the_teacher_alone(teachers):
@@ -256,6 +294,11 @@ def test_the_companion_is_the_same_student_without_the_teacher():
                                        "use_teacher": False}
     assert build(name, params).companion() is None
     assert build("kd", {"mode": "self"}).companion()[1] == {"student": "same", "use_teacher": False}
+    # what sets the step plan (teacher labels) or the student's setup (attention knowledge) stays
+    assert build("kd", {"label_fraction": 0.1, "teacher_labels": False}).companion()[1] == {
+        "label_fraction": 0.1, "teacher_labels": False, "use_teacher": False}
+    assert build("kd", {"knowledge": "attention", "alpha": 0.9}).companion()[1] == {"eager_attention": True,
+                                                                                     "use_teacher": False}
     # a sweep over teacher-only parameters shares one companion
     assert build("kd", {"temperature": 1.0}).companion() == build("kd", {"temperature": 8.0}).companion()
 
@@ -271,6 +314,8 @@ def test_the_companion_is_the_same_student_without_the_teacher():
     ({"epochs": 0}, "epochs"),
     ({"max_steps": 0}, "max_steps"),
     ({"max_seconds": 0}, "max_seconds"),
+    ({"max_seconds": 60.0}, "max_seconds: a KD cell and its no-teacher companion share a step budget"),
+    ({"eager_attention": 1}, "eager_attention"),
     ({"temperature": 0}, "temperature"),
     ({"temperature": -1.0}, "temperature"),
     ({"alpha": 1.5}, "alpha"),

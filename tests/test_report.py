@@ -277,7 +277,8 @@ def test_kd_gain_table_and_heat_map(tmp_path):
     md = paths[0].read_text(encoding="utf-8")
     table = table_lines(md, "#### Distillation: gain from the teacher", key="KD variant")
     best = table["kd (alpha=0.5, student=minilm-l3, temperature=2)"]
-    assert best[2:] == ["96.2 [93.0, 97.0]", "#2", "95.0 [93.0, 96.5]", "+1.2 pt [+0.5, +1.9]", "teacher helps"]
+    assert best[2:] == ["96.2 [93.0, 97.0]", "#2", "95.0 [93.0, 96.5]", "–", "–", "+1.2 pt [+0.5, +1.9]",
+                        "teacher helps"]  # these rows record no training steps (–)
     assert "No-teacher students: #2 kd (alpha=0.0, student=minilm-l3, use_teacher=false)." in md
     assert table["kd (alpha=0.9, student=minilm-l3, temperature=2)"][-1] == "teacher hurts"
     assert table["kd (alpha=0.5, student=minilm-l3, temperature=1)"][-1] == "within noise"
@@ -305,7 +306,7 @@ def test_kd_gain_of_a_language_model_is_perplexity_removed(tmp_path):
                       details={"gain_vs_companion": {"companion_cell": "stud"}}))
     md = write_report(make_run(tmp_path, "kd-lm", rows), tmp_path / "out", ("md",))[0].read_text(encoding="utf-8")
     row = table_lines(md, "#### Distillation", key="KD variant")["kd"]  # use_teacher=true is the default
-    assert row[2:] == ["36.0", "#2", "40.0", "+10.0% [+8.0, +12.0]", "teacher helps"]
+    assert row[2:] == ["36.0", "#2", "40.0", "–", "–", "+10.0% [+8.0, +12.0]", "teacher helps"]
 
 
 def chain_rows():

@@ -4,13 +4,16 @@ The runner pairs every KD cell with its companion (same student, budget, seed an
 labels only) and writes `gain_vs_companion`: the KD cell's paired difference from it, on the
 same test examples (accuracy, as a fraction) or windows (perplexity change), with a paired
 bootstrap 95% interval; its details name the companion cell. This module turns those rows
-into a table per KD variant and, where a compressor was swept over one or two numeric
-parameters (temperature x alpha), into a heat map of the gain over them.
+into a table per KD variant (with each side's optimizer steps and examples seen, from the
+cells' training provenance, so a gain bought with more training shows) and, where a compressor
+was swept over one or two numeric parameters (temperature x alpha), into a heat map of the gain
+over them that counts its comparisons and marks the gains that survive Holm's correction.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,8 @@ from bench.results.store import OK
 
 GAIN = "gain_vs_companion"
 COMPANION_KEYS = ("companion_cell", "companion_cell_id", "companion")  # where the details name the companion
+FAMILY_ALPHA = 0.05  # Holm's family-wise error rate for the comparisons of one heat map
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Gain:
     high: float | None
     unit: str  # "pt" (accuracy points) or "%" (perplexity)
     quality: str  # "accuracy" or "perplexity"
+    p: float | None = None  # two-sided p-value of "no gain" (see `p_value`)
 
 
 def gains(table: pd.DataFrame) -> list[Gain]:
@@ -55,8 +61,42 @@ def gains(table: pd.DataFrame) -> list[Gain]:
             low, high = sorted((low * 100 * sign, high * 100 * sign))
         else:
             low = high = None
-        out.append(Gain(i, by_cell.get(companion), value, low, high, "pt" if quality == "accuracy" else "%", quality))
+        p = details.get("p_value")
+        p = float(p) if _is_number(p) else p_value(value, low, high)
+        out.append(Gain(i, by_cell.get(companion), value, low, high, "pt" if quality == "accuracy" else "%", quality,
+                        p))
     return out
+
+
+def p_value(value: float, low: float | None, high: float | None) -> float | None:
+    """Two-sided p-value of "no gain" from a gain and its 95% interval, by the normal approximation.
+
+    The rows keep the paired bootstrap's interval, not its draws, so its width stands for
+    2 x 1.96 standard errors (a paired accuracy difference over hundreds of examples is close to
+    normal). None without an interval; 1 for a zero gain of zero width, 0 for another such gain.
+    """
+    if low is None or high is None:
+        return None
+    se = (high - low) / (2 * Z95)
+    if se <= 0:
+        return 1.0 if value == 0 else 0.0
+    return math.erfc(abs(value) / se / math.sqrt(2))
+
+
+def holm(p_values: list[float | None], alpha: float = FAMILY_ALPHA) -> list[bool]:
+    """Which of the comparisons survive Holm's step-down correction at family-wise error `alpha`.
+
+    Sorted ascending, the k-th smallest p (k = 0, 1, ...) must be <= alpha / (m - k), and the
+    first that is not stops the rejections; m counts every comparison, a missing p included
+    (it never survives).
+    """
+    m = len(p_values)
+    survives = [False] * m
+    for k, i in enumerate(sorted((i for i, p in enumerate(p_values) if p is not None), key=lambda i: p_values[i])):
+        if p_values[i] > alpha / (m - k):
+            break
+        survives[i] = True
+    return survives
 
 
 def gain_text(gain: Gain) -> str:
@@ -66,34 +106,57 @@ def gain_text(gain: Gain) -> str:
     return text
 
 
-def verdict(gain: Gain) -> str:
-    """"teacher helps" / "teacher hurts" when the paired interval excludes zero, else "within noise"."""
+def verdict(gain: Gain, steps: tuple[int | None, int | None] = (None, None)) -> str:
+    """"teacher helps" / "teacher hurts" when the paired interval excludes zero, else "within noise";
+    with the sides' optimizer steps known and unequal, it says so: the gain is then not the teacher's alone."""
     if gain.low is None:
-        return "no interval"
-    if gain.low == gain.high == gain.value == 0:
-        return "no difference (same answers)"
-    if gain.low > 0:
-        return "teacher helps"
-    if gain.high < 0:
-        return "teacher hurts"
-    return "within noise"
+        word = "no interval"
+    elif gain.low == gain.high == gain.value == 0:
+        word = "no difference (same answers)"
+    elif gain.low > 0:
+        word = "teacher helps"
+    elif gain.high < 0:
+        word = "teacher hurts"
+    else:
+        word = "within noise"
+    mine, theirs = steps
+    if mine is not None and theirs is not None and mine != theirs:
+        word += f"; unequal steps ({mine} vs {theirs}): not the teacher alone"
+    return word
 
 
 def kd_table(table: pd.DataFrame, found: list[Gain]) -> tuple[list[str], list[list[str]]]:
-    """Per KD variant: its quality, the no-teacher student's, and the paired gain from the teacher."""
+    """Per KD variant: its quality, the no-teacher student's, each side's training, and the paired gain."""
     quality = found[0].quality
     what = "accuracy (%) ↑" if quality == "accuracy" else "perplexity ↓"
     gain_title = "gain from the teacher, paired (pt) ↑" if quality == "accuracy" else \
         "gain from the teacher, paired (% perplexity lower) ↑"
-    header = ["#", "KD variant", what, "no-teacher student", what, gain_title, "verdict"]
+    header = ["#", "KD variant", what, "no-teacher student", what, "steps, KD / alone",
+              "examples seen, KD / alone", gain_title, "verdict"]
     body = []
     for gain in found:
         row = table.loc[gain.index]
         companion = table.loc[gain.companion] if gain.companion is not None else None
+        mine, theirs = training(row), training(companion) if companion is not None else {}
+        steps = (mine.get("steps"), theirs.get("steps"))
         body.append([_number(row.get("number")), row["label"], _quality(row, quality),
                      _name(companion) if companion is not None else "not in this table",
-                     _quality(companion, quality) if companion is not None else "–", gain_text(gain), verdict(gain)])
+                     _quality(companion, quality) if companion is not None else "–",
+                     _pair(*steps), _pair(mine.get("examples_seen"), theirs.get("examples_seen")),
+                     gain_text(gain), verdict(gain, steps)])
     return header, body
+
+
+def training(row: pd.Series | None) -> dict[str, Any]:
+    """The training facts a cell's provenance recorded (steps, examples_seen, ...), {} when none."""
+    facts = row.get("training") if row is not None else None
+    return facts if isinstance(facts, dict) else {}
+
+
+def _pair(mine: Any, theirs: Any) -> str:
+    if not _is_number(mine) and not _is_number(theirs):
+        return "–"
+    return " / ".join(f"{int(x):,}" if _is_number(x) else "–" for x in (mine, theirs))
 
 
 def companions(table: pd.DataFrame, found: list[Gain]) -> list[str]:
@@ -130,6 +193,8 @@ class Sweep:
     y_values: list
     grid: list[list[tuple[float, float | None, float | None] | None]]  # grid[y][x]
     unit: str
+    comparisons: int = 0  # the measured cells of the map: the family Holm's correction counts
+    survives: list[list[bool]] | None = None  # survives[y][x]: that gain survives Holm at FAMILY_ALPHA
 
 
 def sweeps(table: pd.DataFrame, found: list[Gain]) -> list[Sweep]:
@@ -167,11 +232,18 @@ def _sweep(compressor: str, rest: dict[str, Any], axes: list[str], group: list[t
     x_values = sorted({p[x_name] for _, p in group})
     y_values = sorted({p[y_name] for _, p in group}) if y_name else [""]
     grid: list[list[tuple[float, float | None, float | None] | None]] = [[None] * len(x_values) for _ in y_values]
+    survives = [[False] * len(x_values) for _ in y_values]
+    places = []
     for gain, params in group:
         r = y_values.index(params[y_name]) if y_name else 0
-        grid[r][x_values.index(params[x_name])] = (gain.value, gain.low, gain.high)
+        c = x_values.index(params[x_name])
+        grid[r][c] = (gain.value, gain.low, gain.high)
+        places.append((r, c))
+    # a map of many cells finds "helps" somewhere by chance: only what survives the family's correction is marked
+    for (r, c), kept in zip(places, holm([gain.p for gain, _ in group]), strict=True):
+        survives[r][c] = kept
     fixed = variant_label(compressor, json.dumps(rest)) if rest else ""
-    return Sweep(compressor, fixed, x_name, x_values, y_name, y_values, grid, group[0][0].unit)
+    return Sweep(compressor, fixed, x_name, x_values, y_name, y_values, grid, group[0][0].unit, len(group), survives)
 
 
 def _is_number(value: Any) -> bool:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.report.answer import absent_devices, answer_for, answer_table, baseline_noise, pick_text
 from bench.report.chains import chain_cells, chain_table
-from bench.report.distill import companions, gains, kd_table, sweeps
+from bench.report.distill import FAMILY_ALPHA, companions, gains, kd_table, sweeps
 from bench.report.plots import heatmap_plot, pareto_plot
 from bench.report.recall import COLLAPSE_MARK, recall_table
 from bench.report.tables import (
@@ -215,9 +215,10 @@ def _distillation(task: str, device: str, table: pd.DataFrame) -> list[Block]:
     for sweep in sweeps(table, found):
         fixed = sweep.fixed or ""
         what = fixed if fixed.startswith(sweep.compressor) else ", ".join(filter(None, [sweep.compressor, fixed]))
-        title = f"{task} on {device}: gain from the teacher, {what}"
+        title = (f"{task} on {device}: gain from the teacher, {what} ({sweep.comparisons} comparisons; "
+                 f"* survives Holm's correction at {FAMILY_ALPHA:.0%})")
         png = heatmap_plot(sweep.grid, sweep.x_name, sweep.x_values, sweep.y_name or "", sweep.y_values, title,
-                           sweep.unit)
+                           sweep.unit, sweep.survives)
         axes = "-".join(filter(None, [sweep.x_name, sweep.y_name]))
         name = _slug(f"{task}-{device}-kd-gain-{sweep.compressor}-{axes}-{sweep.fixed}".rstrip("-")) + ".png"
         alt = f"heat map of the gain from the teacher over {axes}, {what}, {task} on {device}"

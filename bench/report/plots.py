@@ -174,13 +174,14 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[s
 
 def heatmap_plot(grid: Sequence[Sequence[tuple[float, float | None, float | None] | None]],
                  x_name: str, x_values: Sequence, y_name: str, y_values: Sequence, title: str,
-                 unit: str) -> bytes:
+                 unit: str, marks: Sequence[Sequence[bool]] | None = None) -> bytes:
     """PNG of a gain over two swept parameters, the value (and its interval) written in each cell.
 
     Args:
         grid: grid[row][column] = (gain, ci_low, ci_high) for y_values[row], x_values[column]; None
             where that combination was not measured. Positive means the teacher helps.
         unit: "pt" or "%", printed after every value and on the colour bar.
+        marks: marks[row][column] True puts a "*" after that value (a gain that survives the correction).
     """
     import numpy as np
 
@@ -202,7 +203,7 @@ def heatmap_plot(grid: Sequence[Sequence[tuple[float, float | None, float | None
                 continue
             gain, low, high = cell
             strong = abs(gain) > 0.6 * bound
-            text = f"{gain:+.1f}{'%' if unit == '%' else ' ' + unit}"
+            text = f"{gain:+.1f}{'%' if unit == '%' else ' ' + unit}" + ("*" if marks and marks[r][c] else "")
             if low is not None and high is not None:
                 text += f"\n[{low:+.1f}, {high:+.1f}]"
             ax.text(c, r, text, ha="center", va="center", fontsize=8, color="white" if strong else "black")

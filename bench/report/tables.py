@@ -223,7 +223,9 @@ def _record(cell_id: str, cell: pd.DataFrame, stage: int) -> dict[str, Any]:
         details = json.loads(row.details) if isinstance(row.details, str) else {}
         record["notes"] += [note for note in details.pop("notes", []) if note not in record["notes"]]
         record["claims"] += details.pop("claims", [])
-        details.pop("provenance", None)
+        training = details.pop("provenance", None)  # a trained cell's facts (KD: steps, examples seen)
+        if isinstance(training, dict):
+            record.setdefault("training", training)
         if details:
             record["details"][row.metric] = details
     if not len(bad):

@@ -17,6 +17,15 @@ Low-label setting: `label_fraction` < 1 keeps the labels of that share of the tr
 `teacher_labels` the teacher labels the rest (its argmax as the hard label, its distribution as
 the soft one). `companion()` is the same cell with `use_teacher = false`: the same student,
 budget, seed and data on hard labels only (in the low-label setting, only the labelled share).
+
+The pair differs in the teacher alone, so the gain is the teacher's and not a training gap:
+- the same optimizer steps: the budget counts steps over the KD cell's training data (in the
+  low-label setting all training texts), and the companion cycles its labelled share to take
+  them (`compressors.distill.trainer.fit`);
+- the same student setup: attention knowledge trains the student with eager attention and no
+  dropout on its attention probabilities, and its companion gets `eager_attention` so it does too;
+- steps, not seconds: a time budget would give the faster side (no teacher) more steps, so a cell
+  with a teacher refuses `max_seconds`.
 """
 
 from __future__ import annotations
@@ -71,7 +80,9 @@ class KDConfig(CompressorConfig):
     snapshot: mode self, the student's previous-epoch snapshot teaches. label_fraction /
     teacher_labels: the low-label setting. epochs / max_steps / max_seconds: the budget, whichever
     ends first. lr, batch_size (0 = 16, causal LM 4), seed (default: the run's), patience (early
-    stopping, validations). use_teacher: false = the no-teacher companion."""
+    stopping, validations). use_teacher: false = the no-teacher companion. eager_attention: train the
+    student with eager attention and no attention-probability dropout (implied by attention knowledge;
+    set on that cell's companion so both train the same student)."""
 
     student: str = "auto"
     student_layers: int = 0
@@ -93,6 +104,7 @@ class KDConfig(CompressorConfig):
     seed: int | None = None
     patience: int | None = None
     use_teacher: bool = True
+    eager_attention: bool = False
 
     def __post_init__(self):
         if not isinstance(self.student, str) or not self.student.strip():
@@ -133,6 +145,12 @@ class KDConfig(CompressorConfig):
             raise ValueError("label_fraction < 1 works with a frozen teacher (mode 'offline' or 'self' without "
                              "snapshot)")
         Budget(self.epochs, self.max_steps, self.max_seconds)  # its messages name epochs / max_steps / max_seconds
+        if self.max_seconds is not None and self.use_teacher:
+            raise ValueError(f"max_seconds: a KD cell and its no-teacher companion share a step budget (seconds "
+                             f"would give the faster side more steps); use max_steps or epochs instead, got "
+                             f"max_seconds = {self.max_seconds!r}")
+        if not isinstance(self.eager_attention, bool):
+            raise ValueError(f"eager_attention must be true or false, got {self.eager_attention!r}")
         check_range("lr", self.lr, 1e-8, 1.0)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
@@ -146,9 +164,10 @@ class KDConfig(CompressorConfig):
         return Budget(self.epochs, self.max_steps, self.max_seconds)
 
 
-# What defines the student and its training data and optimisation (the companion keeps these).
-STUDENT_AND_DATA = ("student", "student_layers", "student_hidden", "label_fraction", "epochs", "max_steps",
-                    "max_seconds", "lr", "batch_size", "seed", "patience")
+# What defines the student, its training data, step plan and optimisation (the companion keeps these).
+# teacher_labels stays because it sets how many steps an epoch of the low-label KD cell has.
+STUDENT_AND_DATA = ("student", "student_layers", "student_hidden", "label_fraction", "teacher_labels", "epochs",
+                    "max_steps", "lr", "batch_size", "seed", "patience", "eager_attention")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(KDConfig)}
 
 
@@ -161,15 +180,22 @@ class KnowledgeDistillation(Compressor):
     def companion(self) -> tuple[str, dict[str, Any]] | None:
         """The same student, budget, seed, data and optimiser on hard labels only.
 
-        What only the teacher uses (knowledge, temperature, alpha, layer map, mode, teacher
-        labels) goes back to its default, so a sweep over those shares one companion cell.
+        What only the teacher uses (knowledge, temperature, alpha, layer map, mode) goes back to its
+        default, so a sweep over those shares one companion cell; what changes the student's
+        training (attention knowledge's eager attention without dropout) comes along as `eager_attention`.
         """
         cfg = self.config
         if not cfg.use_teacher:
             return None
         student = "same" if cfg.student == "auto" and cfg.mode == "self" else cfg.student
-        kept = {key: getattr(cfg, key) for key in STUDENT_AND_DATA if getattr(cfg, key) != _DEFAULTS[key]}
+        setup = {"eager_attention": self._eager_attention()}
+        kept = {key: value for key in STUDENT_AND_DATA
+                if (value := setup.get(key, getattr(cfg, key))) != _DEFAULTS[key]}
         return "kd", {**kept, **({"student": student} if student != "auto" else {}), "use_teacher": False}
+
+    def _eager_attention(self) -> bool:
+        """Whether the student trains with eager attention and no attention-probability dropout."""
+        return self.config.eager_attention or "attention" in parse_knowledge(self.config.knowledge)
 
     def check_models(self, teacher: str, kind: str, tokenizer_of: Callable[[str], Any],
                      depth_of: Callable[[str], int | None]) -> None:
@@ -223,9 +249,10 @@ class KnowledgeDistillation(Compressor):
                                   attention="attention" in kinds) if needs_layers else []
         knowledge = Knowledge(kinds, float(cfg.temperature), float(cfg.alpha), pairs, cfg.relation_loss)
         module = student.model.module
-        maps = knowledge.needs_attention and cfg.use_teacher
-        # Dropout on the student's attention probabilities would turn its maps into non-distributions.
-        dropout_off = attention_dropout_off_(module) if maps else 0
+        # Dropout on the student's attention probabilities would turn its maps into non-distributions; the
+        # companion of such a cell switches it off too, so the pair differs in the teacher alone.
+        eager = self._eager_attention()
+        dropout_off = attention_dropout_off_(module) if eager else 0
         widths = {}
         if "hidden" in kinds and cfg.use_teacher:  # projections sized from one probe batch (MLP layers differ)
             probe = {k: v.to(ctx.device) for k, v in next(iter(ctx.data.calibration_batches(1))).items()}
@@ -233,9 +260,10 @@ class KnowledgeDistillation(Compressor):
             teacher_widths = state_widths(model.module, probe, model.kind)
             widths = {(t, s): (student_widths[s], teacher_widths[t]) for t, s in pairs}
         distiller = Distiller(module, widths)
-        with attention_maps(module, model.module) if maps else contextlib.nullcontext():
+        with attention_maps(module, model.module) if eager else contextlib.nullcontext():
             result, facts = fit(distiller, model, ctx, knowledge, cfg, seed)
-        if dropout_off:
+        if eager:
+            facts["attention"] = "eager, no dropout on attention probabilities"
             facts["attention_dropout_off"] = dropout_off
         module.eval()
         if not cfg.use_teacher:

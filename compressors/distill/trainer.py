@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from typing import Any
 
-from compressors.core.base import CAUSAL_LM, CompressContext, TorchModel
+import torch
+
+from compressors.core.base import CAUSAL_LM, Batch, CompressContext, TorchModel
 from compressors.distill.mutual import train_mutual
 from compressors.distill.objective import Distiller, Knowledge, TeacherOutputs, distill_loss, validation_score
 from compressors.distill.snapshot import train_with_snapshots
@@ -28,26 +31,33 @@ def fit(distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowled
     seed: int) -> tuple[TrainResult, dict[str, Any]]:
     """Train `distiller.student` in place as `cfg` (a KDConfig) says; returns (what happened, facts for provenance).
 
-    Batches of the training part (shuffled per epoch from `seed`), keep-best on the validation part
+    Batches of the training part (shuffled per pass from `seed`), keep-best on the validation part
     (accuracy, or minus the next-token NLL of its first windows), the budget capped by the run's.
+    An epoch is a pass over the KD cell's training data, on both sides of a pair: the low-label
+    companion, which trains on the labelled share alone, passes over it again until it has taken
+    the same steps.
     """
     data, kind = ctx.data, teacher.kind
     batch_size = cfg.batch_size or BATCH_SIZE.get(kind, DEFAULT_BATCH_SIZE)
     low_label = cfg.label_fraction < 1
     unlabelled = low_label and cfg.use_teacher and cfg.teacher_labels
     examples = data.train_size(cfg.label_fraction, unlabelled)
-    steps_per_epoch = max(1, math.ceil(examples / batch_size))
+    # The step plan is the KD cell's (with teacher labels: every training text) on both sides of a pair,
+    # so a companion that sees only the labelled share cycles it for as many optimizer steps.
+    epoch_examples = data.train_size(cfg.label_fraction, low_label and cfg.teacher_labels)
+    steps_per_epoch = max(1, math.ceil(epoch_examples / batch_size))
     budget = capped(cfg.budget, ctx.budget_cap)
     total = budget.total_steps(steps_per_epoch)
     facts: dict[str, Any] = {"batch_size": batch_size, "lr": cfg.lr, "seed": seed, "train_examples": examples,
-                             "planned_steps": total}
+                             "epoch_examples": epoch_examples, "planned_steps": total}
     if low_label:
         facts["labelled_examples"] = data.train_size(cfg.label_fraction, False)
         facts["teacher_labelled_examples"] = examples - facts["labelled_examples"]
+    seen = SeenCounter()
 
     def batches(epoch: int):
-        return data.train_batches(batch_size, 1, seed + epoch, label_fraction=cfg.label_fraction,
-                                  unlabelled=unlabelled)
+        return seen.count(data.train_batches(batch_size, 1, seed + epoch, label_fraction=cfg.label_fraction,
+                                             unlabelled=unlabelled))
 
     def validate(wrapper: Distiller) -> float:
         if kind == CAUSAL_LM:  # the first VALIDATION_WINDOWS windows of the fixed validation part
@@ -62,9 +72,9 @@ def fit(distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowled
                   validate_every=every, device=ctx.device, seed=seed, progress=False)
     teacher_fn = None
     if cfg.use_teacher and cfg.mode == "mutual":
-        return train_mutual(distiller, teacher, batches, data.loss, knowledge, facts, **common)
+        return seen.noted(*train_mutual(distiller, teacher, batches, data.loss, knowledge, facts, **common))
     if cfg.use_teacher and cfg.snapshot:
-        return train_with_snapshots(distiller, batches, data.loss, knowledge, kind, facts, **common)
+        return seen.noted(*train_with_snapshots(distiller, batches, data.loss, knowledge, kind, facts, **common))
     if cfg.use_teacher:
         cache = knowledge.logits_only and kind != CAUSAL_LM  # an LM's (T, vocab) logits per window are too big
         teacher_fn = TeacherOutputs(teacher.module.to(ctx.device), kind, knowledge, cache=cache)
@@ -77,4 +87,21 @@ def fit(distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowled
     if teacher_fn is not None:
         facts["teacher_forward_examples"] = teacher_fn.forwards
         facts["teacher_logits"] = "cached once per example" if teacher_fn.cache is not None else "every step"
-    return result, facts
+    return seen.noted(result, facts)
+
+
+class SeenCounter:
+    """Counts the training examples the loop drew (the loop stops right after its last step, so every
+    example yielded was trained on): `examples_seen`, which the report shows beside the steps."""
+
+    def __init__(self):
+        self.examples = 0
+
+    def count(self, batches: Iterator[tuple[Batch, torch.Tensor]]) -> Iterator[tuple[Batch, torch.Tensor]]:
+        for inputs, labels in batches:
+            self.examples += len(labels)
+            yield inputs, labels
+
+    def noted(self, result: TrainResult, facts: dict[str, Any]) -> tuple[TrainResult, dict[str, Any]]:
+        facts["examples_seen"] = self.examples
+        return result, facts
