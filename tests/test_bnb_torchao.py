@@ -22,6 +22,9 @@ class Embeds:
     def calibration_batches(self, n):
         return iter([inputs()] * n)
 
+    def example_batch(self):
+        return inputs()
+
 
 class Net(nn.Module):
     """Linears the CPU 4-bit kernel takes (512->1024->512), one it cannot (out 100), and a head."""

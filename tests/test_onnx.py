@@ -54,6 +54,7 @@ class FakeData:
 
     def __init__(self, tokenizer, kind=CLASSIFICATION, max_length=32):
         self.tokenizer, self.kind, self.max_length = tokenizer, kind, max_length
+        self.calibrated = 0  # batches handed out as calibration (what a row may claim)
 
     def encode(self, texts):
         enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
@@ -62,7 +63,11 @@ class FakeData:
 
     def calibration_batches(self, num_batches):
         for i in range(num_batches):
+            self.calibrated += 1
             yield self.encode(sentences(4, seed=100 + i))
+
+    def example_batch(self):
+        return self.encode(sentences(2, seed=99))
 
     def train_batches(self, batch_size, epochs, seed):
         for i in range(epochs):
@@ -199,9 +204,22 @@ def test_static_records_its_calibration_set(bert_variants, tokenizer):
         ids = batch["input_ids"].numpy().astype(np.int64)
         digest.update(str(ids.shape).encode())
         digest.update(ids.tobytes())
+    settings = {key: provenance[key] for key in ("int8_settings", "int8_settings_reason")}
     assert provenance == {"calibration_batches": 4, "calibration_examples": 16,
-                          "calibration_sha256": digest.hexdigest()[:16]}
-    assert bert_variants["dynamic"].provenance == {}
+                          "calibration_sha256": digest.hexdigest()[:16], **settings}
+    # dynamic int8 calibrates nothing: its provenance says which int8 kernels it chose, and no more
+    assert set(bert_variants["dynamic"].provenance) == {"int8_settings", "int8_settings_reason"}
+
+
+def test_only_static_int8_draws_calibration_batches(bert, tokenizer, tmp_path):
+    """Defect 8: the export traced a calibration batch, so dynamic int8 claimed 8 calibration documents."""
+    data = FakeData(tokenizer)
+    ctx = CompressContext(data=data, work_dir=tmp_path, threads=1)
+    build("onnx").compress(bert, ctx)
+    build("int8-dynamic", {"backend": "onnxruntime"}).compress(bert, ctx)
+    assert data.calibrated == 0
+    build("int8-static", {"calibration_batches": 3}).compress(bert, ctx)
+    assert data.calibrated == 3
 
 
 def test_quantizing_an_onnx_model_quantizes_its_file(bert_variants, ctx, tokenizer):

@@ -32,11 +32,19 @@ class Wide(nn.Module):
 class FakeData:
     kind = CLASSIFICATION
 
+    def __init__(self):
+        self.calibrated = 0  # batches handed out as calibration (what a row may claim)
+
     def calibration_batches(self, n):
         g = torch.Generator().manual_seed(1)
         for _ in range(n):
+            self.calibrated += 1
             ids = torch.randint(0, 100, (4, 16), generator=g)
             yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def example_batch(self):
+        ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(3))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def train_batches(self, batch_size, epochs, seed):
         return iter(())

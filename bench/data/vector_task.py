@@ -117,6 +117,10 @@ class VectorTask:
         for start in range(0, len(chosen), CALIBRATION_BATCH_SIZE):
             yield self._batch(self.train.features[chosen[start:start + CALIBRATION_BATCH_SIZE]])
 
+    def example_batch(self) -> Batch:
+        """Two train examples, for tracing or a compile warm-up; not calibration (no coverage note)."""
+        return self._batch(self.train.features[:2])
+
     def _labelled_split(self, label_fraction: float) -> tuple[list[int], list[int]]:
         """(labelled, hidden) indices of the training part; the rule of `bench.data.tasks.Task._labelled_split`."""
         if not 0 < label_fraction <= 1:

@@ -81,8 +81,8 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
                 extra = _notes(compressed, stages[-1][1] if stages else baseline)
                 if multi:
                     extra["stage_name"] = label
-                if "calibration" in task.coverage_notes:
-                    extra["calibration"] = task.coverage_notes["calibration"]
+                if "calibration" in task.coverage_notes:  # taken by this stage: later stages must not claim it
+                    extra["calibration"] = task.coverage_notes.pop("calibration")
                 keep = cell.get("keep_artifact")
                 if keep:  # `compbench run --keep-artifacts`: the artifact outlives the cell
                     keep = str(Path(keep) / f"stage-{stage}") if multi else keep

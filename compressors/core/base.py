@@ -298,7 +298,12 @@ class TaskData(Protocol):
     num_labels: int | None  # classification: how many classes; None for causal LMs
 
     def calibration_batches(self, num_batches: int) -> Iterator[Batch]:
-        """Inputs from the train split (never the evaluation split), fixed order."""
+        """Inputs from the train split (never the evaluation split), fixed order. Only a method that
+        takes statistics from them calls this: the rows of its stage record what it covered."""
+
+    def example_batch(self) -> Batch:
+        """One input from the train split with the task's shape, for tracing, a compile warm-up or a
+        shape probe; no statistic is taken from it, so no row records it as calibration."""
 
     def train_batches(self, batch_size: int, epochs: int, seed: int, label_fraction: float = 1.0,
                       unlabelled: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:

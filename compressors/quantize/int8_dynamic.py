@@ -27,6 +27,7 @@ from compressors.core.base import (
     check_choice,
 )
 from compressors.core.registry import register
+from compressors.runtimes.cpu_features import INT8_SETTINGS
 from compressors.shared.surgery import body_linears
 
 OUTLIER_NOTE = ("activations are quantized to int8 too: a few hidden dimensions of transformer LMs carry "
@@ -48,17 +49,25 @@ class Int8DynamicConfig(CompressorConfig):
     per_channel: one weight scale per output channel instead of one per tensor.
     compile: torchao only; run under torch.compile (compile time counts in compress_seconds).
     include_output: also quantize the output head (lm_head / classifier). Off by default: a tied
-    LM head quantized apart from its embedding becomes a second (int8) copy of that weight."""
+    LM head quantized apart from its embedding becomes a second (int8) copy of that weight.
+    int8_settings: onnxruntime only; "auto" (from the CPU's flags), "u8s8" or "u8s7" (7-bit weights,
+    exact on x86 CPUs without VNNI): see `compressors.runtimes.cpu_features`."""
 
     backend: str = "torch"
     per_channel: bool = True
     compile: bool = False
     include_output: bool = False
+    int8_settings: str = "auto"
 
     def __post_init__(self):
         check_choice("backend", self.backend, tuple(BACKENDS))
+        check_choice("int8_settings", self.int8_settings, INT8_SETTINGS)
         if self.compile and self.backend != "torchao":
             raise ValueError(f"compile=true needs backend 'torchao', got backend {self.backend!r}")
+        if self.int8_settings != "auto" and self.backend != "onnxruntime":
+            # torch.ao fixes its own (always exact, see torch_dynamic); torchao has no such switch
+            raise ValueError(f"int8_settings={self.int8_settings!r} needs backend 'onnxruntime', "
+                             f"got backend {self.backend!r}")
 
 
 @register("int8-dynamic", config=Int8DynamicConfig)
@@ -85,7 +94,13 @@ class Int8Dynamic(Compressor):
 
 
 def torch_dynamic(model: Model, ctx: CompressContext, config: Int8DynamicConfig) -> TorchModel:
-    """torch.ao eager dynamic quantization of every nn.Linear (fbgemm/x86 kernels)."""
+    """torch.ao eager dynamic quantization of every nn.Linear (fbgemm/x86 kernels).
+
+    No int8 setting to choose: torch.ao's dynamic Linear (version 4, torch 2.13) calls
+    `quantized.linear_dynamic(..., reduce_range=True)`, which quantizes activations to 7 bits
+    ([0, 127]) at run time; a VPMADDUBSW pair is then at most 2 x 127 x 128 = 32,512 < 32,767,
+    so fbgemm's u8 x s8 products cannot saturate on x86 CPUs without VNNI either. The row says so.
+    """
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     if not isinstance(model, TorchModel):
@@ -102,5 +117,6 @@ def torch_dynamic(model: Model, ctx: CompressContext, config: Int8DynamicConfig)
         targets = body_linears(module, config.include_output, "int8-dynamic (torch)")
         quantized = quantize_dynamic(module, {name: qconfig for name, _ in targets}, dtype=torch.qint8)
     result = model.replace(module=quantized, device="cpu")
-    result.provenance = {"quantized_linears": len(targets)}
+    result.provenance = {"quantized_linears": len(targets), "int8_settings": "u7s8",
+                         "int8_settings_reason": "torch.ao dynamic Linear: activations reduce_range (7 bits)"}
     return result

@@ -27,6 +27,7 @@ from compressors.core.base import (
 )
 from compressors.core.registry import register
 from compressors.quantize.int8_dynamic import OUTLIER_NOTE
+from compressors.runtimes.cpu_features import INT8_SETTINGS, int8_settings
 from compressors.runtimes.onnx_export import new_graph_path, to_onnx
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -44,15 +45,19 @@ histogram methods (entropy, percentile) fail ("Too many bins for data range").""
 class Int8StaticConfig(CompressorConfig):
     """per_channel: one weight scale per output channel. calibration_batches: train batches used to
     fix activation ranges. method: how a range is chosen from what calibration saw (minmax, entropy,
-    percentile). quant_format: qdq (Q/DQ pairs around float ops) or qoperator (QLinear* ops)."""
+    percentile). quant_format: qdq (Q/DQ pairs around float ops) or qoperator (QLinear* ops).
+    int8_settings: "auto" (from the CPU's flags), "u8s8" or "u8s7" (7-bit weights, exact on x86 CPUs
+    without VNNI): see `compressors.runtimes.cpu_features`."""
 
     per_channel: bool = True
     calibration_batches: int = 16
     method: str = "minmax"
     quant_format: str = "qdq"
+    int8_settings: str = "auto"
 
     def __post_init__(self):
         check_range("calibration_batches", self.calibration_batches, 1, 10_000)
+        check_choice("int8_settings", self.int8_settings, INT8_SETTINGS)
         check_choice("method", self.method, METHODS)
         check_choice("quant_format", self.quant_format, FORMATS)
 
@@ -103,6 +108,7 @@ class Int8Static(Compressor):
         if ctx.device != "cpu":
             raise CompressorUnavailable("ONNX Runtime static int8 is benchmarked on the CPU execution provider only")
         cfg = self.config
+        settings = int8_settings(cfg.int8_settings)
         source = to_onnx(model, ctx)
         feeds = calibration_feeds(ctx.data.calibration_batches(cfg.calibration_batches), source.input_names)
         if not feeds:
@@ -114,14 +120,16 @@ class Int8Static(Compressor):
             source.path, target, _reader(feeds),
             quant_format=QuantFormat.QDQ if cfg.quant_format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=QUANTIZED_OPS, per_channel=cfg.per_channel, calibrate_method=methods[cfg.method],
-            # uint8 activations with int8 symmetric weights: the u8 x s8 form VNNI's VPDPBUSD computes.
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            # uint8 activations with int8 symmetric weights: the u8 x s8 form VNNI's VPDPBUSD computes;
+            # without VNNI the weights keep 7 bits (reduce_range) so the int16 pair sums cannot clip.
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=settings.reduce_range,
             use_external_data_format=bool(source.external_files()),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         provenance = {"calibration_batches": len(feeds),
                       "calibration_examples": sum(len(f["input_ids"]) for f in feeds),
-                      "calibration_sha256": feeds_sha256(feeds)}
+                      "calibration_sha256": feeds_sha256(feeds), **settings.provenance()}
         outliers = Claim(OUTLIER_NOTE, when="quality_loss")  # printed only where the loss is measured
         notes = (*model.notes, outliers) if model.kind == CAUSAL_LM else model.notes
+        notes += settings.notes()
         return source.with_file(target, device="cpu", provenance=provenance, notes=notes)

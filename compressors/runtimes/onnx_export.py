@@ -46,10 +46,11 @@ class _LogitsOnly(nn.Module):
 
 
 def example_batch(ctx: CompressContext) -> Batch:
-    """A real batch from the task when there is one (only its rank matters for tracing)."""
+    """A real input of the task when there is one (tracing needs its rank and dtype, a compile
+    warm-up its shape). Taken through `example_batch`, not `calibration_batches`: an export
+    calibrates nothing, and the rows must not say it did."""
     if ctx.data is not None:
-        for batch in ctx.data.calibration_batches(1):
-            return batch
+        return ctx.data.example_batch()
     ids = torch.ones(2, 16, dtype=torch.long)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 

@@ -116,8 +116,10 @@ class OnnxModel(Model):
             self.hf_config.save_pretrained(directory)
         from compressors.shared.artifacts import write_info
 
+        # provenance names the int8 settings the graph was built for: an artifact quantized with 8-bit
+        # weights for a VNNI CPU saturates on one without VNNI, so whoever moves it must be able to tell.
         write_info(directory, {"format": 1, "runtime": self.runtime, "kind": self.kind, "name": self.name,
-                               "notes": list(self.notes)})
+                               "notes": list(self.notes), "provenance": self.provenance})
 
     def info(self) -> ModelInfo:
         """Logical weights counted from the graph's initializers.
