@@ -41,6 +41,9 @@ class TinyTask:
         for start in range(0, 4 * num_batches, 4):
             yield self._encode(self.texts[start:start + 4])
 
+    def example_batch(self):
+        return self._encode(self.texts[:2])
+
     def train_size(self, label_fraction=1.0, unlabelled=False):
         labelled, hidden = self._labelled(label_fraction)
         return len(labelled) + (len(hidden) if unlabelled else 0)

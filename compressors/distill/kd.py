@@ -255,7 +255,7 @@ class KnowledgeDistillation(Compressor):
         dropout_off = attention_dropout_off_(module) if eager else 0
         widths = {}
         if "hidden" in kinds and cfg.use_teacher:  # projections sized from one probe batch (MLP layers differ)
-            probe = {k: v.to(ctx.device) for k, v in next(iter(ctx.data.calibration_batches(1))).items()}
+            probe = {k: v.to(ctx.device) for k, v in ctx.data.example_batch().items()}  # shapes only: no calibration
             student_widths = state_widths(module, probe, model.kind)
             teacher_widths = state_widths(model.module, probe, model.kind)
             widths = {(t, s): (student_widths[s], teacher_widths[t]) for t, s in pairs}
