@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from bench.measure.size import directory_bytes
 from compressors import build
 from compressors.core.base import CLASSIFICATION, CompressContext, TorchModel
-from compressors.shared.artifacts import ArtifactError, load_artifact
+from compressors.shared.artifacts import ArtifactError, empty_directory, load_artifact
 from tests.test_quantize import FakeData
 
 
@@ -54,3 +55,24 @@ def test_torch_ao_weights_that_do_not_fit_are_a_clear_error(tiny_bert, tmp_path)
     torch.save({"nonsense": torch.zeros(1)}, directory / "model.pt")
     with pytest.raises(ArtifactError, match="do not fit the model"):
         load_artifact(directory)
+
+
+def test_an_artifact_saved_over_an_earlier_one_counts_only_its_own_bytes(tiny_bert, tmp_path):
+    # a kept artifact's folder is reused when a cell runs again (--resume after an error, the same run id);
+    # before, the earlier attempt's files stayed and size_bytes counted them
+    fresh = directory_bytes(tiny_bert.save(tmp_path / "fresh"))
+    kept = tmp_path / "artifacts" / "cell"
+    kept.mkdir(parents=True)
+    (kept / "model.onnx").write_bytes(b"\0" * 1_000_000)  # an earlier attempt's ONNX export
+    (kept / "stage-1").mkdir()
+    (kept / "stage-1" / "model.safetensors").write_bytes(b"\0" * 1000)
+    saved = tiny_bert.save(empty_directory(kept))
+    assert directory_bytes(saved) == fresh
+    assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in (tmp_path / "fresh").iterdir())
+    assert torch.equal(load_artifact(saved).forward(batch()), tiny_bert.forward(batch()))
+
+
+def test_an_artifact_folder_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "artifact").write_text("x")
+    with pytest.raises(ArtifactError, match="exists and is not a folder"):
+        empty_directory(tmp_path / "artifact")

@@ -198,6 +198,17 @@ CASES = [
     ("report-format", lambda t, m: ["report", str(_run_folder(t)), "--format", "pdf"], ["--format", "'pdf'"]),
     ("compare-not-a-run", lambda t, m: ["compare", str(t), str(t)], ["not a run folder"]),
     ("list-unknown", lambda t, m: ["list", "weights"], ["invalid choice"]),
+    # ---- run folders and the environment (issue 16, defect 9: each was a traceback)
+    ("junit-unwritable", lambda t, m: [*_check(t), "--junit", str(_a_file(t) / "c.xml")],
+     ["--junit", "cannot write it", "existing, writable folder"]),
+    ("baseline-older-schema", lambda t, m: [*_check(t), "--baseline", str(_older_run(t))],
+     ["--baseline", "older compbench (results schema 0", "record it again"]),
+    ("resume-older-schema", lambda t, m: ["run", matrix(t), "--out", str(_older_run(t).parent), "--run-id", "old",
+                                          "--resume"], ["--resume", "older compbench (results schema 0"]),
+    ("plugin-unknown", lambda t, m: m.setenv("COMPBENCH_PLUGINS", "no_such_plugin_module") or ["list", "compressors"],
+     ["$COMPBENCH_PLUGINS names 'no_such_plugin_module'", "not an importable module"]),
+    ("plugin-duplicate", lambda t, m: _duplicate_plugin(t, m) or ["run", matrix(t), "--out", str(t / "results")],
+     ["'identity' is already registered by compressors.core.identity", "another name"]),
 ]
 
 
@@ -223,6 +234,50 @@ def _jsonl(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a", "label": 1}\n{"text": oops}\n')
     return path
+
+
+def _check(tmp_path):
+    """`compbench check` of a small valid run with a budget that holds."""
+    from tests.gate_rows import realistic_rows, write_run
+
+    run_dir = write_run(tmp_path / "runs" / "now", realistic_rows())
+    budget = tmp_path / "b.toml"
+    budget.write_text('[[budget]]\nmatch = "int8-static (*"\nmetric = "size_ratio"\n'
+                      'min = 0.5\n')
+    return ["check", str(run_dir), "--budget", str(budget)]
+
+
+def _a_file(tmp_path):
+    """A plain file: a path under it cannot be written, even by root."""
+    path = tmp_path / "report.txt"
+    path.write_text("not a folder\n")
+    return path
+
+
+def _older_run(tmp_path):
+    """A run folder as compbench wrote it before manifests carried a results schema version."""
+    from bench.results.store import MANIFEST_FILE
+    from tests.gate_rows import realistic_rows, write_run
+
+    run_dir = write_run(tmp_path / "runs" / "old", realistic_rows())
+    manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
+    del manifest["schema_version"]
+    (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return run_dir
+
+
+def _duplicate_plugin(tmp_path, monkeypatch):
+    """A plugin module that registers a compressor under a name compbench already has."""
+    name = f"dup_plugin_{tmp_path.name.replace('-', '_').replace('[', '_').replace(']', '_')}"
+    (tmp_path / f"{name}.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from compressors.core.base import CompressorConfig\n"
+        "from compressors.core.identity import Identity\n"
+        "from compressors.core.registry import register\n\n"
+        "@dataclass(frozen=True)\nclass Config(CompressorConfig):\n    pass\n\n"
+        "register('identity', config=Config)(type('Mine', (Identity,), {}))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("COMPBENCH_PLUGINS", f" {name} ")
 
 
 def _run_folder(tmp_path):

@@ -21,6 +21,20 @@ def tiny_classifier(directory):
     return TorchModel(BertForSequenceClassification(config), "tiny", "classification", None).save(directory)
 
 
+def info_file(directory, info):
+    text = info if isinstance(info, str) else json.dumps(info)
+    (directory / "compbench_artifact.json").write_text(text)
+    return directory
+
+
+def test_load_reads_a_latency_shape_recorded_as_a_dict_or_as_json_text():
+    from bench.integrations.load import latency_shape
+
+    assert latency_shape({"details": {"latency_shape": [4, 9]}}) == (4, 9)
+    assert latency_shape({"details": json.dumps({"latency_shape": [4, 9]})}) == (4, 9)
+    assert latency_shape({"details": None}) is None and latency_shape(None) is None
+
+
 def test_load_without_a_tokenizer_feeds_random_ids_of_the_asked_shape(tmp_path, capsys):
     directory = tiny_classifier(tmp_path / "a")
     assert main(["load", str(directory), "--batch", "3", "--length", "7"]) == 0
@@ -50,6 +64,11 @@ def test_load_inside_a_run_folder_uses_the_timed_shape_and_checks_the_size(tmp_p
     (lambda p: p / "missing", "no such folder"),
     (lambda p: p, "no compbench_artifact.json: not an artifact saved by compbench"),
     (lambda p: (p / "stage-1").mkdir() or (p / "stage-2").mkdir() or p, "holds a chain's stages (stage-1, stage-2)"),
+    # an info file that lacks what load_artifact reads was a KeyError traceback
+    (lambda p: info_file(p, {"format": 1, "kind": "classification"}), 'has no "runtime"; expected one of'),
+    (lambda p: info_file(p, {"runtime": "tensorrt", "kind": "classification"}), "has runtime 'tensorrt'"),
+    (lambda p: info_file(p, {"runtime": "torch", "kind": "classification"}), "lacks 'architecture'"),
+    (lambda p: info_file(p, '{"runtime": "torch", '), "is not valid JSON"),
 ])
 def test_load_bad_folders_exit_2_with_one_line(tmp_path, capsys, make, fragment):
     assert main(["load", str(make(tmp_path))]) == 2

@@ -131,3 +131,76 @@ def reproduced_predictions(run_dir, cell_id):
     task = Task(spec, train, test, model.tokenizer, seed=cell["seed"])
     accuracy = next(m for m in task.evaluate(model, bootstrap=10) if m.metric == "accuracy")
     return [int(p) for p in accuracy.scores["prediction"]]
+
+
+# ---- a persistent --compbench-out: the earlier session's run is reused only when it is this session's -----
+
+def earlier_session(tmp_path, commit="abc123", matrix=None, **manifest):
+    """A run folder as an earlier session left it, made from the shipped quick matrix at `commit`."""
+    from bench.config.matrix import load_matrix
+    from bench.results.store import write_manifest
+
+    run_dir = write_run(tmp_path / "results" / "pytest-quick", realistic_rows())
+    write_manifest(run_dir, {"run_id": "pytest-quick", "git_commit": commit,
+                             "matrix": matrix or load_matrix("quick").to_dict(), **manifest})
+    return run_dir
+
+
+@pytest.mark.parametrize("commit, matrix_edit, manifest, reason", [
+    ("abc123", None, {}, None),
+    ("def456", None, {}, "made at commit def456, this is abc123"),
+    ("abc123", {"seed": 1}, {}, "another matrix (differing: seed)"),
+    ("abc123", None, {"schema_version": 0}, "results schema 0"),
+])
+def test_an_earlier_sessions_run_is_reused_only_from_the_same_commit_and_matrix(tmp_path, monkeypatch, commit,
+                                                                                 matrix_edit, manifest, reason):
+    from bench.config.matrix import load_matrix
+    from bench.integrations.pytest_plugin import why_not_reusable
+
+    monkeypatch.setattr("bench.run.provenance.git_commit", lambda: "abc123")
+    matrix = {**load_matrix("quick").to_dict(), **(matrix_edit or {})}
+    run_dir = earlier_session(tmp_path, commit, matrix, **manifest)
+    found = why_not_reusable(run_dir, "quick")
+    assert found == reason if reason is None else reason in found
+
+
+def test_uncommitted_code_never_reuses_a_run(tmp_path, monkeypatch):
+    from bench.integrations.pytest_plugin import why_not_reusable
+
+    monkeypatch.setattr("bench.run.provenance.git_commit", lambda: "abc123+dirty")
+    assert "uncommitted changes" in why_not_reusable(earlier_session(tmp_path, "abc123+dirty"), "quick")
+    # outside a git checkout the installed version decides
+    monkeypatch.setattr("bench.run.provenance.git_commit", lambda: None)
+    monkeypatch.setattr("bench.run.provenance.versions", lambda: {"compbench": "0.2.0"})
+    assert why_not_reusable(earlier_session(tmp_path, None, versions={"compbench": "0.2.0"}), "quick") is None
+    assert "compbench 0.1.0, this is 0.2.0" in why_not_reusable(
+        earlier_session(tmp_path, None, versions={"compbench": "0.1.0"}), "quick")
+
+
+def test_a_stale_run_is_replaced_not_resumed(pytester, monkeypatch):
+    """The fixture removes the earlier session's run it cannot reuse and runs the matrix again (here: the
+    run is stubbed, so the test sees the arguments `compbench run` gets)."""
+    import bench.cli
+
+    monkeypatch.setattr("bench.run.provenance.git_commit", lambda: "abc123")
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        write_run(pytester.path / "kept" / "results" / "pytest-quick", realistic_rows())
+        return 0
+
+    monkeypatch.setattr(bench.cli, "main", fake_main)
+    earlier_session(pytester.path / "kept", "def456")
+    pytester.makepyfile(test_mine="def test_it(compbench_run):\n    assert compbench_run.variants\n")
+    result = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider", "--compbench-matrix", "quick",
+                                          "--compbench-out", str(pytester.path / "kept"))
+    result.assert_outcomes(passed=1)
+    assert len(calls) == 1 and "--resume" not in calls[0]
+    said = result.stderr.str() + result.stdout.str()
+    assert "not reusing" in said and "it was made at commit def456, this is abc123; running quick again" in said
+    earlier_session(pytester.path / "kept", "abc123")
+    calls.clear()
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "--compbench-matrix", "quick",
+                                 "--compbench-out", str(pytester.path / "kept")).assert_outcomes(passed=1)
+    assert "--resume" in calls[0]

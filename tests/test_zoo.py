@@ -1,5 +1,6 @@
 """The offline zoo: data loading and splits, local files, tiny models, teacher caching, pinned files, offline hub."""
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -256,7 +257,11 @@ def test_teacher_is_trained_once_then_cached(tiny_teacher, monkeypatch, bbc):
     assert first.module.config.id2label[3] == "sports" and first.forward(_batch(32)).shape == (2, 5)
     test = split_dataset(bbc, 0.3, seed=0)[1]
     assert _accuracy(first, make_dataset("t", test.texts[::4], test.labels[::4], test.label_names), 32) > 0.35
-    assert info["note"] in first.notes and "validation accuracy by epoch" in info["note"]
+    assert "validation accuracy by epoch" in info["note"]
+    # the note, which the run's manifest stores, names the exact weights: hashed from the file as it is now
+    weights = hashlib.sha256((teacher_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert f"{info['note']}; teacher weights sha256 {weights}" in first.notes
+    assert zoo_teacher.read_info(teacher_dir)["weights_sha256"]["model.safetensors"] == weights
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher should have been reused")
