@@ -70,12 +70,13 @@ def test_the_companion_cell_is_added_once_and_follows_only(companion_method):
 
 def test_companion_gain_is_paired_and_signed():
     gold = [0, 1] * 50
-    alone = {"accuracy": {"label": gold, "prediction": [0] * 100, "probabilities": [[0.5, 0.5]] * 100}}
-    taught = {"accuracy": {"label": gold, "prediction": gold, "probabilities": [[0.5, 0.5]] * 100}}
+    ids, halves = [f"e{i}" for i in range(100)], [[np.log(0.5)] * 2] * 100  # pairing matches examples by id
+    alone = {"accuracy": {"example_ids": ids, "label": gold, "prediction": [0] * 100, "log_probabilities": halves}}
+    taught = {"accuracy": {"example_ids": ids, "label": gold, "prediction": gold, "log_probabilities": halves}}
     gain = companion_gain(alone, taught, n_boot=200)
     assert gain.value == pytest.approx(0.5) and gain.ci_low > 0.3 and gain.higher_is_better
-    worse = {"perplexity": {"window_nll_sum": [22.0, 44.0], "window_tokens": [10, 20]}}
-    better = {"perplexity": {"window_nll_sum": [20.0, 40.0], "window_tokens": [10, 20]}}
+    worse = {"perplexity": {"example_ids": ["w0", "w1"], "window_nll_sum": [22.0, 44.0], "window_tokens": [10, 20]}}
+    better = {"perplexity": {"example_ids": ["w0", "w1"], "window_nll_sum": [20.0, 40.0], "window_tokens": [10, 20]}}
     lm = companion_gain(worse, better, n_boot=100)
     assert lm.value == pytest.approx(1 - np.exp(-0.2))  # the share of perplexity the teacher removed
     assert 0 < lm.ci_low <= lm.value <= lm.ci_high
@@ -89,7 +90,8 @@ def test_companion_rows_land_in_the_run(tmp_path):
     (tmp_path / SCORES_DIR).mkdir()
     gold = [0, 1] * 20
     for cid, pred in (("taught", gold), ("alone", [1] * 40)):
-        scores = {"accuracy": {"label": gold, "prediction": pred, "probabilities": [[0.5, 0.5]] * 40}}
+        scores = {"accuracy": {"example_ids": [f"e{i}" for i in range(40)], "label": gold, "prediction": pred,
+                               "log_probabilities": [[-0.5, -0.5]] * 40}}
         (tmp_path / SCORES_DIR / f"{cid}.json").write_text(__import__("json").dumps(scores))
     assert add_companion_rows(tmp_path, {"taught": "alone"}) == 1
     assert add_companion_rows(tmp_path, {"taught": "alone"}) == 0  # not twice
