@@ -109,7 +109,9 @@ def test_a_whole_test_file_is_scored(faulty_run):
     (perplexity,) = [r for r in cells["identity"] if r["metric"] == "perplexity"]
     tokens = len(load_tokenizer("tiny-gpt2")("\n\n".join(PARAGRAPHS[20:]), add_special_tokens=False)["input_ids"])
     windows = tokens // SEQ_LEN
-    assert windows >= 3 and perplexity["n"] == windows * (SEQ_LEN - 1)  # every window of the file, nothing else
+    # every window of the file, nothing else: n counts the windows the interval resamples, details the tokens
+    assert windows >= 3 and perplexity["n"] == windows
+    assert json.loads(perplexity["details"])["tokens"] == windows * (SEQ_LEN - 1)
 
 
 def test_memory_limit_comes_from_the_cell_the_run_or_the_machine(monkeypatch):

@@ -78,6 +78,8 @@ def run_worker(cell: dict[str, Any], cell_dir: Path, timeout_s: float) -> CellOu
 
     The process gets `memory_limit_mb(cell)` of address space (RLIMIT_AS), so a cell that
     allocates without bound fails with an error row instead of taking the machine down.
+    A process that dies or times out keeps the stages it finished (the worker writes its
+    result after each stage); the error record is stamped with the stage that was in progress.
     """
     cell_dir.mkdir(parents=True, exist_ok=True)
     limit_mb = memory_limit_mb(cell)
@@ -85,6 +87,7 @@ def run_worker(cell: dict[str, Any], cell_dir: Path, timeout_s: float) -> CellOu
     cell_file.write_text(json.dumps(cell), encoding="utf-8")
     result_file.unlink(missing_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    timed_out = None
     with open(log_file, "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bench.run.worker", str(cell_file), str(result_file)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -93,28 +96,36 @@ def run_worker(cell: dict[str, Any], cell_dir: Path, timeout_s: float) -> CellOu
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return _failure(f"timed out after {timeout_s:.0f} s (cell_timeout_s); log: {log_file}")
+            code = proc.wait()
+            timed_out = f"timed out after {timeout_s:.0f} s (cell_timeout_s); log: {log_file}"
     out_of_memory = f"out of memory: exceeded the cell memory limit of {limit_mb} MB (cell_memory_limit_mb)"
-    if result_file.exists():
-        payload = json.loads(result_file.read_text(encoding="utf-8"))
-        records = payload["records"]
+    payload = json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else {}
+    records = payload.get("records", [])
+    if payload.get("complete", True) and payload and not timed_out:  # the worker recorded its own end
         for record in records:
             if limit_mb and record["kind"] == "error" and _says_out_of_memory(record["reason"]):
                 record["reason"] = f"{out_of_memory}; {record['reason']}"
         return CellOutcome(records=records, runtime=payload.get("runtime"))
+    reason = timed_out or _death(code, log_file, limit_mb, out_of_memory)
+    # the stages the worker finished stay; the failure belongs to the stage it was in
+    return CellOutcome(records=[*records, {"kind": "error", "reason": reason, "stage": payload.get("stage")}],
+                       runtime=payload.get("runtime"))
+
+
+def _death(code: int, log_file: Path, limit_mb: int, out_of_memory: str) -> str:
+    """Why a worker process ended without recording its own end, from its exit code and log."""
     last = _last_line(log_file)
     if limit_mb and _says_out_of_memory(_tail(log_file)):  # e.g. failed again while reporting the first failure
-        return _failure(f"{out_of_memory}; {last}; log: {log_file}")
+        return f"{out_of_memory}; {last}; log: {log_file}"
     if code in (-signal.SIGKILL, 137):
-        return _failure(f"killed by SIGKILL (likely out of memory); log: {log_file}")
+        return f"killed by SIGKILL (likely out of memory); log: {log_file}"
     if code == -signal.SIGABRT:
-        return _failure(f"aborted (SIGABRT): the cell's process called abort(), e.g. a failed assertion in native "
-                        f"code; {last}; log: {log_file}")
+        return (f"aborted (SIGABRT): the cell's process called abort(), e.g. a failed assertion in native "
+                f"code; {last}; log: {log_file}")
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        return _failure(f"killed by signal {name}; {last}; log: {log_file}")
-    return _failure(f"worker exited with code {code} and no result: {last}; log: {log_file}")
+        return f"killed by signal {name}; {last}; log: {log_file}"
+    return f"worker exited with code {code} and no result: {last}; log: {log_file}"
 
 
 def _says_out_of_memory(text: str) -> bool:

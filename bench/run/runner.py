@@ -43,6 +43,7 @@ from bench.results.store import (
 )
 from bench.run import provenance
 from bench.run.executors import CellOutcome, LocalExecutor, RayExecutor
+from bench.run.worker import configured_stages
 
 BASELINE = "identity"
 
@@ -58,6 +59,45 @@ def normalized(compressor: CompressorSpec) -> CompressorSpec:
     from compressors import build
 
     return CompressorSpec(compressor.name, build(compressor.name, compressor.params).config.to_params())
+
+
+# Matrix keys a resume may change: where the file lives, and limits on a cell's process that decide whether
+# it finishes, not what it measures (a cell that timed out can be retried with a longer timeout).
+RESUMABLE_KEYS = ("source", "cell_timeout_s", "cell_memory_limit_mb")
+
+
+def matrix_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between the matrix a run was started with (its manifest's) and `current`, key by key.
+
+    Tasks are matched by name and compressors by name, parameters and task list, e.g.
+    ["seed 0 -> 1", "task bbc-topic max_length 32 -> 64", "compressor int8-dynamic(backend=torch) added"].
+    """
+    stored, current = json.loads(json.dumps(stored, default=str)), json.loads(json.dumps(current, default=str))
+    nested = ("tasks", "compressors", "compressor_tasks")
+    changes = [f"{key} {stored.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(stored) | set(current))
+               if key not in (*RESUMABLE_KEYS, *nested) and stored.get(key) != current.get(key)]
+    old, new = ({t["name"]: t for t in m.get("tasks", [])} for m in (stored, current))
+    for name in sorted(set(old) | set(new)):
+        if name not in old or name not in new:
+            changes.append(f"task {name} {'added' if name in new else 'removed'}")
+            continue
+        changes += [f"task {name} {key} {old[name].get(key)!r} -> {new[name].get(key)!r}"
+                    for key in sorted(set(old[name]) | set(new[name])) if old[name].get(key) != new[name].get(key)]
+    old_c, new_c = (_compressor_labels(m) for m in (stored, current))
+    changes += [f"compressor {label} removed" for label in old_c if label not in new_c]
+    changes += [f"compressor {label} added" for label in new_c if label not in old_c]
+    return changes
+
+
+def _compressor_labels(matrix: dict[str, Any]) -> list[str]:
+    """Each compressor of a matrix as a label with its parameters and the tasks it is limited to."""
+    limits = matrix.get("compressor_tasks") or []
+    labels = []
+    for index, spec in enumerate(matrix.get("compressors", [])):
+        label = CompressorSpec(spec["name"], spec.get("params") or {}).label
+        only = limits[index] if index < len(limits) else None
+        labels.append(f"{label} on {', '.join(only)}" if only else label)
+    return labels
 
 
 def measurement_settings(matrix: Matrix) -> dict[str, Any]:
@@ -143,14 +183,21 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | Sequence[st
                     # travel with the cell, so a Ray cluster reached through RAY_ADDRESS applies them too
                     "memory_limit_mb": matrix.cell_memory_limit_mb, **policy,
                     "companion": cell_id(task, compressors[pairs[index]], device) if index in pairs else None,
+                    "stages_configured": configured_stages(asdict(compressor)),
                     "keep_artifact": str(keep_artifacts_in / cid) if keep_artifacts_in else None,
                 })
     return cells
 
 
 def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Row]:
-    """The long-table rows of one finished cell."""
+    """The long-table rows of one finished cell.
+
+    Every row's details carry `stages_configured` (0 for the baseline, 1 for a method, a chain's
+    number of stages), so the rows alone tell a chain's configured last stage from its last
+    measured one: a chain that stopped early has a skip or error row at the stage where it stopped.
+    """
     task, compressor = cell["task"], cell["compressor"]
+    configured = {"stages_configured": cell.get("stages_configured", configured_stages(compressor))}
     common = dict(run_id=run_id, cell_id=cell["id"], task=task["name"], model=task["model"],
                   compressor=compressor["name"], params=canonical_json(compressor["params"]),
                   device=cell["device"],
@@ -164,17 +211,17 @@ def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Ro
             continue  # kept in run_dir/scores/ by `save_scores`, not in the table
         if record["kind"] == "metric-skipped":  # one metric this runtime cannot give, with the reason
             rows.append(Row(**common, metric=record["metric"], value=None, unit=None, higher_is_better=None,
-                            status=SKIPPED, reason=record["reason"]))
+                            status=SKIPPED, reason=record["reason"], details=canonical_json(configured)))
             continue
         if record["kind"] != "measurement":
             status = SKIPPED if record["kind"] == SKIPPED else ERROR
             rows.append(Row(**common, metric="cell", value=None, unit=None, higher_is_better=None,
-                            status=status, reason=record["reason"]))
+                            status=status, reason=record["reason"], details=canonical_json(configured)))
             continue
         rows.append(Row(**common, metric=record["metric"], value=record["value"], unit=record["unit"],
                         higher_is_better=record["higher_is_better"], n=record["n"], ci_low=record["ci_low"],
                         ci_high=record["ci_high"], status=OK,
-                        details=canonical_json(record["extra"]) if record["extra"] else None))
+                        details=canonical_json({**record["extra"], **configured})))
     return rows
 
 
@@ -237,6 +284,11 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
             changes = ", ".join(f"{k} {previous['settings'].get(k)!r} -> {settings[k]!r}" for k in differing)
             raise ConfigError(f"--resume {run_id}: the run on disk was measured with other settings ({changes}); "
                               "rows measured two ways would not compare: start a new run (another --run-id)")
+    changed = matrix_changes(previous["matrix"], matrix.to_dict()) if previous.get("matrix") else []
+    if changed:  # e.g. an edited max_length would add a second identity cell for the same task
+        raise ConfigError(f"--resume {run_id}: the matrix differs from the one the run was started with "
+                          f"({'; '.join(changed)}); cells of two matrices in one run would be read as one: "
+                          "start a new run (another --run-id), or undo the change")
     if previous.get("git_commit") and previous["git_commit"] != provenance.git_commit():
         print(f"note: {run_id} was started at commit {previous['git_commit']}; resuming at "
               f"{provenance.git_commit()} (the manifest keeps both)", file=sys.stderr)
@@ -294,8 +346,8 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
         cell = jobs[index][0]
         save_scores(run_dir, cell, outcome)
         append_rows(run_dir, rows_for(run_id, cell, outcome))
-        status = outcome.records[0]["kind"] if outcome.records else "empty"
-        bar.set_postfix_str(f"{cell['label']}: {'ok' if status == 'measurement' else status}")
+        ended = [r["kind"] for r in outcome.records if r["kind"] in (SKIPPED, ERROR)]  # after any stages kept
+        bar.set_postfix_str(f"{cell['label']}: {ended[-1] if ended else 'ok' if outcome.records else 'empty'}")
         bar.update(1)
     bar.close()
     add_paired_rows(run_dir)

@@ -1,37 +1,75 @@
-"""One cell, measured in its own process: load, compress, save, time, score.
+"""One cell, measured in its own process: load, then each stage: compress, save, time, score.
 
-Run as `python -m bench.run.worker CELL.json ROWS.jsonl`; the runner starts one such
+Run as `python -m bench.run.worker CELL.json RESULT.json`; the runner starts one such
 process per cell so a crash, an out-of-memory kill or a hang costs only that cell.
 The order of work is chosen so each number means one thing:
 
-1. load the baseline; compress it (compress_seconds, training included);
-2. save the compressed model before any forward (size on disk of the real artifact;
+1. load the baseline; then for each stage (one, or a chain's several), in turn:
+2. compress (compress_seconds, training included);
+3. save the compressed model before any forward (size on disk of the real artifact;
    some 4-bit formats corrupt when saved after a forward);
-3. time baseline and compressed interleaved on one fixed input (speedup measured in
+4. time baseline and compressed interleaved on one fixed input (speedup measured in
    the same process, robust to a noisy neighbour);
-4. causal LMs: decode speed (tokens/s generating with the KV cache), both models alternating;
-5. release the baseline, reset the peak-memory mark, score quality on the held-out
-   split (peak_memory_bytes is the process's high-water mark during that scoring; where
-   the mark cannot be reset the row says so), keeping per-example scores for pairing.
+5. causal LMs: decode speed (tokens/s generating with the KV cache), both models alternating;
+6. at the last stage release the baseline; reset the peak-memory mark, score quality on the
+   held-out split (peak_memory_bytes is the process's high-water mark during that scoring;
+   where the mark cannot be reset the row says so), keeping per-example scores for pairing;
+7. write the records so far to RESULT.json (whole, atomically) before the next stage starts.
+
+A stage that is unavailable or fails ends the cell with a skipped or error record stamped with
+that stage; the earlier stages' records stay. If the process dies instead, RESULT.json says which
+stage was in progress and the executor stamps its error record with it.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench.measure import Measurement
+from bench.results.store import ERROR, SKIPPED
+from compressors import build
+from compressors.core.base import CompressorUnavailable
+
+BASELINE = "identity"  # the registry name of the uncompressed model's "method": measured as stage 0
 
 
-def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
-    """Measure one cell. Returns measurements, or [("skipped"|"error", reason)]."""
+def first_stage(cell: dict[str, Any]) -> int:
+    """The stage of a cell's first model: 0 for the baseline (identity), 1 for a method's output."""
+    return 0 if cell["compressor"]["name"] == BASELINE else 1
+
+
+def configured_stages(compressor: dict[str, Any]) -> int:
+    """The configured last stage of a cell (`stages_configured` on its rows): 0 for the baseline,
+    1 for one method, a chain's number of stages; analysis tells a chain that stopped early by it."""
+    if compressor["name"] == BASELINE:
+        return 0
+    return build(compressor["name"], compressor["params"]).stage_count()
+
+
+def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement | tuple]]]:
+    """Measure one cell stage by stage: yields (stage, its runtime, its measurements) as each stage ends.
+
+    A stage is compressed, saved, timed and scored before the next one starts, so a later stage
+    that is unavailable, fails or kills the process cannot take the earlier stages' numbers (a
+    KD stage's training among them) with it. The baseline stays in memory while a later stage
+    needs it (the teacher, the speed-up's reference); it is released before the last stage is
+    scored, so a one-stage cell's peak memory is that of its own model.
+
+    Raises:
+        CompressorUnavailable: the stage in progress cannot run here (`main` records a skip at that stage).
+        Exception: whatever else the stage in progress raised (`main` records an error at that stage).
+    """
     import torch
 
     from bench.config.matrix import CompressorSpec, TaskSpec
@@ -42,8 +80,7 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     from bench.measure.size import size_measurements
     from bench.zoo import LoadPolicy
     from bench.zoo.models import load_model
-    from compressors import build
-    from compressors.core.base import CAUSAL_LM, CompressContext, CompressorUnavailable
+    from compressors.core.base import CAUSAL_LM, CompressContext
     from compressors.shared.artifacts import empty_directory
 
     spec = TaskSpec(**cell["task"])
@@ -61,82 +98,80 @@ def run_cell(cell: dict[str, Any]) -> list[Measurement | tuple[str, str]]:
     else:
         task = Task(spec, train, test, baseline.tokenizer, seed=seed)
     compressor = build(comp.name, comp.params)
+    multi = compressor.stage_count() > 1
+    last_stage = first_stage(cell) + compressor.stage_count() - 1
     with tempfile.TemporaryDirectory(prefix="compbench-cell-") as scratch:
         ctx = CompressContext(data=task, device=device, seed=seed, teacher=baseline,
                               work_dir=Path(scratch), threads=threads, budget_cap=_budget_cap(cell),
                               load_student=partial(_load_student, spec, task, seed, policy))
-        first_stage = 0 if comp.name == "identity" else 1
-        multi = compressor.stage_count() > 1
-        out: list[Measurement | tuple[str, str]] = []
-        stages: list[tuple[int, Any]] = []
+        models = compressor.compress_stages(baseline, ctx)
         batch = task.latency_batch()
         reference = baseline.to(device)
         shape = {"latency_shape": list(next(iter(batch.values())).shape)}
-        started = time.perf_counter()
-        try:
-            for stage, (label, compressed) in enumerate(compressor.compress_stages(baseline, ctx), start=first_stage):
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - started
-                extra = _notes(compressed, stages[-1][1] if stages else baseline)
-                if multi:
-                    extra["stage_name"] = label
-                if "calibration" in task.coverage_notes:  # taken by this stage: later stages must not claim it
-                    extra["calibration"] = task.coverage_notes.pop("calibration")
-                keep = cell.get("keep_artifact")
-                if keep:  # `compbench run --keep-artifacts`: the artifact outlives the cell
-                    keep = str(Path(keep) / f"stage-{stage}") if multi else keep
-                    extra["artifact"] = keep
-                measured = [Measurement("compress_seconds", seconds, "s", False, n=1, extra=extra)]
-                # saved before any forward: some 4-bit formats corrupt when saved after one; into an empty
-                # folder, as a kept artifact's folder may hold an earlier attempt's files (counted in size_bytes)
-                artifact = compressed.save(empty_directory(keep or Path(scratch) / f"stage-{stage}"))
-                measured += size_measurements(compressed, artifact)
-                timings = time_interleaved(
-                    {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
-                    device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
-                    min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
-                measured += latency_measurements(timings["compressed"], extra=shape)
-                measured.append(speedup(timings["baseline"], timings["compressed"]))
-                if spec.type == CAUSAL_LM:
-                    measured += _decode(task, reference, compressed, device)
-                out += _at_stage(measured, stage)
-                stages.append((stage, compressed))
-                started = time.perf_counter()
-        except CompressorUnavailable as exc:
-            if not stages:
-                return [("skipped", str(exc))]
-            out.append(("skipped", f"stage {len(stages) + first_stage}: {exc}"))  # the finished stages stay measured
-
-        del reference, baseline, ctx, compressed
-        gc.collect()
-        while stages:  # each stage's quality; a stage's model is released once scored
-            stage, compressed = stages.pop(0)
+        previous_notes = list(baseline.notes)
+        for stage in range(first_stage(cell), last_stage + 1):
+            started = time.perf_counter()
+            label, compressed = _next_model(models, comp.name, stage)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            extra = _notes(compressed, previous_notes)
+            previous_notes = list(compressed.notes)
+            if multi:
+                extra["stage_name"] = label
+            if "calibration" in task.coverage_notes:  # taken by this stage: later stages must not claim it
+                extra["calibration"] = task.coverage_notes.pop("calibration")
+            keep = cell.get("keep_artifact")
+            if keep:  # `compbench run --keep-artifacts`: the artifact outlives the cell
+                keep = str(Path(keep) / f"stage-{stage}") if multi else keep
+                extra["artifact"] = keep
+            measured = [Measurement("compress_seconds", seconds, "s", False, n=1, extra=extra)]
+            # saved before any forward: some 4-bit formats corrupt when saved after one; into an empty
+            # folder, as a kept artifact's folder may hold an earlier attempt's files (counted in size_bytes)
+            artifact = compressed.save(empty_directory(keep or Path(scratch) / f"stage-{stage}"))
+            measured += size_measurements(compressed, artifact)
+            timings = time_interleaved(
+                {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
+                device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
+                min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
+            measured += latency_measurements(timings["compressed"], extra=shape)
+            measured.append(speedup(timings["baseline"], timings["compressed"]))
+            if spec.type == CAUSAL_LM:
+                measured += _decode(task, reference, compressed, device)
+            if stage == last_stage:  # nothing later needs the baseline: score without it in memory
+                models.close()
+                del reference, baseline, ctx
+                gc.collect()
             memory_reset = reset_peak_memory(device)
-            measured = task.evaluate(compressed, bootstrap=cell["bootstrap"])
+            quality = task.evaluate(compressed, bootstrap=cell["bootstrap"])
             memory = memory_measurement(device, reset=memory_reset)
-            if stages:
-                memory.extra["note"] = "the later stages' models were held in memory too"
-            measured.append(memory)
+            if stage != last_stage:
+                memory.extra["note"] = "the baseline was held in memory too (later stages need it)"
+            measured += [*quality, memory]
             provenance = getattr(compressed, "provenance", None)
-            out += _at_stage(measured, stage)
             if provenance:
-                for m in out:
-                    if isinstance(m, Measurement) and m.stage == stage:
+                for m in measured:
+                    if isinstance(m, Measurement):
                         m.extra.setdefault("provenance", provenance)
-            cell["runtime"] = compressed.runtime
-            cell.setdefault("stage_runtimes", {})[stage] = compressed.runtime
-            del compressed
+            yield stage, compressed.runtime, _at_stage(measured, stage)
+            del compressed, measured, quality
             gc.collect()
-    return out
 
 
-def _notes(compressed, previous) -> dict[str, Any]:
+def _next_model(models: Iterator[tuple[str, Any]], name: str, stage: int) -> tuple[str, Any]:
+    """The next (label, model) of `compress_stages`; a method that yields fewer than it declares is a bug."""
+    item = next(models, None)
+    if item is None:
+        raise RuntimeError(f"{name} yielded no model for stage {stage}, fewer than its stage_count() declares")
+    return item
+
+
+def _notes(compressed, previous_notes: list) -> dict[str, Any]:
     """Notes a method attached (why it is lossy or slow here) travel with the row; claims travel apart,
     for the report to print only where the measurements show them."""
     from compressors.core.base import Claim
 
-    added = [note for note in compressed.notes if note not in previous.notes]
+    added = [note for note in compressed.notes if note not in previous_notes]
     extra: dict[str, Any] = {}
     if [n for n in added if not isinstance(n, Claim)]:
         extra["notes"] = [str(n) for n in added if not isinstance(n, Claim)]
@@ -187,37 +222,66 @@ def _decode(task, baseline, compressed, device: str) -> list[Measurement | tuple
 
 
 def main(argv: list[str]) -> int:
-    cell_path, rows_path = Path(argv[0]), Path(argv[1])
+    cell_path, result_path = Path(argv[0]), Path(argv[1])
     cell = json.loads(cell_path.read_text(encoding="utf-8"))
+    records: list[dict[str, Any]] = []
+    runtime, stage = None, first_stage(cell)
+    write_result(result_path, records, runtime, stage, complete=False)  # a crash before any stage ends: stage 1
     try:
-        results = run_cell(cell)
-    except Exception as exc:  # any failure of this cell becomes its error row
-        import traceback
-
+        for finished, runtime, measured in run_cell(cell):
+            records += _records(measured, runtime)
+            stage = finished + 1
+            write_result(result_path, records, runtime, stage, complete=False)  # on disk before stage k+1 starts
+    except CompressorUnavailable as exc:
+        records.append(_failure(cell, SKIPPED, str(exc), stage))
+    except Exception as exc:  # any failure of this cell becomes its error row, at the stage that failed
         traceback.print_exc()
-        results = [("error", f"{type(exc).__name__}: {exc}")]
-    records = []
-    for item in results:
+        records.append(_failure(cell, ERROR, f"{type(exc).__name__}: {exc}", stage))
+    write_result(result_path, records, runtime, stage, complete=True)
+    return 0
+
+
+def write_result(path: Path, records: list[dict[str, Any]], runtime: str | None, stage: int, complete: bool) -> None:
+    """Replace the cell's result file, whole (temporary file, fsync, rename).
+
+    `stage` is the stage in progress; `complete` False means the worker may still die, in which
+    case the executor keeps these records and adds its own error row stamped with `stage`.
+    """
+    payload = {"runtime": runtime, "records": records, "stage": stage, "complete": complete}
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(payload, default=str))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _failure(cell: dict[str, Any], kind: str, reason: str, stage: int) -> dict[str, Any]:
+    """The record of a cell that stopped at `stage`; a chain's reason says which of its stages that was."""
+    try:
+        stages = cell.get("stages_configured") or configured_stages(cell["compressor"])
+    except (KeyError, ValueError, TypeError):  # the failure may be that the compressor cannot be built
+        stages = 1
+    if stages > 1:
+        reason = f"stage {stage} of {stages}: {reason}"
+    return {"kind": kind, "reason": reason, "stage": stage}
+
+
+def _records(measured: list[Measurement | tuple], runtime: str) -> list[dict[str, Any]]:
+    """One stage's measurements as result records, with that stage's runtime (a chain's stages may differ)."""
+    records: list[dict[str, Any]] = []
+    for item in measured:
         if isinstance(item, Measurement):
             record = asdict(item)
             scores = record.pop("scores")
-            records.append({"kind": "measurement", **record})
+            records.append({"kind": "measurement", **record, "runtime": runtime})
             if scores is not None:  # per-example values, kept beside the rows for paired comparisons
-                records.append({"kind": "scores", "metric": item.metric, "scores": scores, "stage": item.stage})
-        elif item[0] == "metric-skipped":
-            records.append({"kind": "metric-skipped", "metric": item[1], "reason": item[2],
-                            "stage": item[3] if len(item) > 3 else None})
-        else:
-            records.append({"kind": item[0], "reason": item[1]})
-    runtimes = cell.get("stage_runtimes", {})  # a chain's stages may run on different runtimes
-    for record in records:
-        if record.get("stage") in runtimes:
-            record["runtime"] = runtimes[record["stage"]]
-    payload = {"runtime": cell.get("runtime"), "records": records}
-    tmp = rows_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
-    tmp.replace(rows_path)  # the runner sees all of a cell's results or none
-    return 0
+                records.append({"kind": "scores", "metric": item.metric, "scores": scores, "stage": item.stage,
+                                "runtime": runtime})
+        else:  # ("metric-skipped", metric, reason, stage): one metric this runtime cannot give
+            records.append({"kind": "metric-skipped", "metric": item[1], "reason": item[2], "stage": item[3],
+                            "runtime": runtime})
+    return records
 
 
 if __name__ == "__main__":
