@@ -233,7 +233,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bench.gate.check import BudgetError, check_run, load_budgets, render, run_metrics, write_junit
+    from bench.gate.budgets import BudgetError, load_budgets
+    from bench.gate.check import check_run, outcome, run_metrics
+    from bench.gate.output import render, write_junit
 
     run_dir = _existing_run(args.run_dir)
     baseline = _existing_run(args.baseline) if args.baseline is not None else None
@@ -254,12 +256,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         except OSError as exc:  # the table above is printed; the exit code says the XML is missing
             raise UserError(f"--junit {args.junit}: cannot write it ({exc.strerror or exc}); "
                             "give a file in an existing, writable folder") from None
-    return EXIT_CHECK_FAILED if any(r.status == "broken" for r in results) else EXIT_OK
+    return EXIT_OK if outcome(results)[0] == 0 else EXIT_CHECK_FAILED
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from bench.analysis.pareto import variants_from_rows
-    from bench.analysis.recommend import Constraints, recommend, render
+    from bench.analysis.recommend import Constraints, recommend
+    from bench.analysis.runtable import variants_from_rows
+    from bench.report.recommendation import render
     from bench.results.store import read_manifest, read_rows
 
     run_dir = _existing_run(args.run_dir)

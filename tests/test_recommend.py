@@ -5,9 +5,11 @@ import math
 
 import pytest
 
-from bench.analysis.pareto import front, pareto_indices, variants_from_rows
-from bench.analysis.recommend import Constraints, check, objective_of, recommend, render
+from bench.analysis.pareto import front, pareto_indices
+from bench.analysis.recommend import Constraints, check, objective_of, recommend
+from bench.analysis.runtable import variants_from_rows
 from bench.cli import main
+from bench.report.recommendation import render
 from tests.gate_rows import LABELS, realistic_rows, write_run
 
 

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 from matplotlib.text import Text
 
+from bench.measure.catalog import sig3
 from bench.report import write_report
 from bench.report.answer import answer_for
 from bench.report.compare import compare_runs
 from bench.report.distill import gains, sweeps
 from bench.report.plots import LABEL_GID, pareto_figure, pareto_plot
-from bench.report.tables import column_for, columns_for, render_table, sig3, variant_table
+from bench.report.tables import column_for, columns_for, render_table, variant_table
 from bench.results.store import Row, append_rows, load, write_manifest
 
 SMOLLM_NOTE = "weights dequantized from the GGUF Q4_1 file: the baseline is already 4-bit-quantized"
@@ -87,12 +88,12 @@ def classification_rows():
 
 def lm_rows():
     lm = {"task": "lm-bbc", "model": "smollm2-135m"}
-    return (rows_of("lm-base", "identity", **lm, perplexity=(25.6, 25.1, 26.2, 40960), size_bytes=538e6,
+    return (rows_of("lm-base", "identity", **lm, perplexity=(25.6, 25.1, 26.2, 80), size_bytes=538e6,
                     latency_p50=(740.0, None, None, 10), speedup=(1.0, 0.95, 1.05, 10))
-            + rows_of("lm-int8", "int8-dynamic", '{"backend":"torch"}', **lm, perplexity=(89.0, 86.0, 92.0, 40960),
+            + rows_of("lm-int8", "int8-dynamic", '{"backend":"torch"}', **lm, perplexity=(89.0, 86.0, 92.0, 80),
                       perplexity_change=(2.48, 2.3, 2.6, 80), size_bytes=170e6, latency_p50=(520.0, None, None, 10),
                       speedup=(1.4, 1.3, 1.5, 10))
-            + rows_of("lm-fp16", "cast", '{"dtype":"fp16"}', **lm, perplexity=(25.7, 25.2, 26.3, 40960),
+            + rows_of("lm-fp16", "cast", '{"dtype":"fp16"}', **lm, perplexity=(25.7, 25.2, 26.3, 80),
                       perplexity_change=(0.004, -0.001, 0.009, 80), size_bytes=270e6,
                       latency_p50=(730.0, None, None, 10), speedup=(1.0, 0.96, 1.04, 10)))
 
@@ -219,7 +220,7 @@ def test_full_tables_flags_and_deltas(report):
     assert lm["int8-dynamic (backend=torch)"][-1] == "quality loss"
     assert f"89.0 [86.0, 92.0] ({(89.0 / 25.6 - 1) * 100:+.1f}%)" in lm["int8-dynamic (backend=torch)"]
     assert lm["cast (dtype=fp16)"][-1] == "speed-up within noise, quality change within noise"
-    assert "perplexity: n = 40,960 tokens" in md
+    assert "perplexity: n = 80 windows" in md  # n counts the windows the interval resamples
     lm_section = md[md.index("## lm-bbc"):]
     assert SMOLLM_NOTE in lm_section and SMOLLM_NOTE not in md[:md.index("## lm-bbc")]
 

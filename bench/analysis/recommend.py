@@ -15,16 +15,20 @@ the nearest variant, and `nearest` lists the closest variants with every constra
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any
 
-from bench.analysis.pareto import OK, Variant, front
+from bench.analysis.judge import Bound, judge
+from bench.analysis.labels import short_labels
+from bench.analysis.pareto import front
+from bench.analysis.runtable import Variant
+from bench.measure.catalog import ACCURACY_DROP_PT, PERPLEXITY_RISE, sig3
+from bench.results.store import OK
 
-DEFAULT_ACCURACY_DROP_PT = 1.0
-DEFAULT_PERPLEXITY_INCREASE_PCT = 5.0
+DEFAULT_ACCURACY_DROP_PT = ACCURACY_DROP_PT
+DEFAULT_PERPLEXITY_INCREASE_PCT = PERPLEXITY_RISE * 100
 OBJECTIVES = ("speed", "size", "quality")
 NEAREST = 3
-EPS = 1e-9  # 1.0 pt measured as 0.97 - 0.96 in floats must not read as more than 1.0 pt
 
 
 @dataclass(frozen=True)
@@ -181,82 +185,6 @@ def recommend(variants: list[Variant], constraints: Constraints, task: str | Non
     return out
 
 
-def render(recommendations: list[Recommendation], run_dir: Any = None) -> str:
-    """The answers as plain text, one block per (task, model, device)."""
-    from bench.report.tables import sig3
-
-    blocks = []
-    for rec in recommendations:
-        head = f"{rec.task} ({rec.model}) on {rec.device}"
-        if not rec.constraints:
-            reasons = {v.reason or v.status for v in rec.not_measured}
-            blocks.append(f"{head}: no measured variant ({'; '.join(sorted(reasons))[:160]})")
-            continue
-        lines = [f"{head}", f"  constraints: {', '.join(rec.constraints)}; best on {rec.objective}"]
-        if rec.pick is not None:
-            itself = " (the baseline itself: no variant does better within these constraints)"
-            lines.append(f"  pick: {rec.name(rec.pick)}" + (itself if rec.pick.is_baseline else ""))
-            lines += ["    " + line for line in describe(rec.pick, sig3, run_dir)]
-            lines += [f"    caution: {c.uncertain}" for c in rec.checks if c.uncertain]
-            if rec.ties:
-                ties = "; ".join(f"{rec.name(v)} ({_objective_text(v, rec.objective, sig3)})" for v in rec.ties[:3])
-                lines.append(f"    as good on {rec.objective} within its interval: {ties}")
-            if rec.alternatives:
-                lines.append("  also on the Pareto front and within the constraints:")
-                lines += [f"    {rec.name(v)}: {_summary(v, sig3)}" for v in rec.alternatives[:4]]
-        else:
-            lines.append("  nothing qualifies.")
-            lines += [f"  {text}" for text in rec.relaxations]
-            lines.append("  nearest variants (what each misses):")
-            for v, misses in rec.nearest:
-                missed = "; ".join(f"{c.name}: {c.measured}, {c.missed_by}" for c in misses)
-                lines.append(f"    {rec.name(v)}: {missed}")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
-
-
-def describe(variant: Variant, sig3, run_dir: Any = None) -> list[str]:
-    """What a user needs to know of one variant: its numbers, how it was made, where its artifact is."""
-    lines = []
-    if variant.quality_metric == "accuracy" and variant.quality is not None:
-        text = f"accuracy {variant.quality * 100:.1f}%"
-        if variant.quality_ci:
-            text += f" [{variant.quality_ci[0] * 100:.1f}, {variant.quality_ci[1] * 100:.1f}]"
-        lines.append(text + (f", change {_change(variant)}" if not variant.is_baseline else ""))
-    elif variant.quality_metric == "perplexity" and variant.quality is not None:
-        text = f"perplexity {sig3(variant.quality)}"
-        if variant.quality_ci:
-            text += f" [{sig3(variant.quality_ci[0])}, {sig3(variant.quality_ci[1])}]"
-        lines.append(text + (f", change {_change(variant)}" if not variant.is_baseline else ""))
-    size = f"size on disk {variant.size_bytes / 1e6:.1f} MB" if variant.size_bytes else "size not measured"
-    if variant.size_ratio and not variant.is_baseline:
-        size += f" ({sig3(variant.size_ratio)}x smaller)"
-    if variant.is_baseline and "self_speedup" in variant.details:
-        value, ci = variant.details["self_speedup"]
-        speed = f"speed-up 1x by definition (timed against itself: {_ratio(value, tuple(ci) if ci else None)})"
-    elif variant.speedup is not None:
-        speed = f"speed-up {_ratio(variant.speedup, variant.speedup_ci)} (timed against the baseline in one process)"
-    else:
-        speed = "speed-up not measured"
-    latency = f", p50 {sig3(variant.latency_p50_ms)} ms" if variant.latency_p50_ms is not None else ""
-    lines.append(f"{size}; {speed}{latency}")
-    made = f"made with: {variant.compressor}"
-    if variant.params:
-        import json
-
-        made += " " + json.dumps(variant.params, sort_keys=True)
-    if variant.compress_seconds is not None and not variant.is_baseline:
-        made += f"; compress time {sig3(variant.compress_seconds)} s"
-    if variant.runtime:
-        made += f"; runtime {variant.runtime}"
-    lines.append(made)
-    if variant.artifact:
-        lines.append(f"artifact: {_artifact_path(variant.artifact, run_dir)}")
-    else:
-        lines.append("artifact: not kept (run with --keep-artifacts to keep it)")
-    return lines
-
-
 # ---- internals -----------------------------------------------------------------------------------
 
 def _value(variant: Variant, metric: str) -> tuple[float | None, tuple[float, float] | None]:
@@ -285,27 +213,24 @@ def _judge(variant: Variant, bound: _Bound) -> Check:
     value, ci = _value(variant, bound.metric)
     if value is None:
         return Check(bound.name, False, "not measured", "no value to compare", float("inf"), bound.default)
-    holds = value <= bound.limit + EPS if bound.upper else value >= bound.limit - EPS
+    verdict = judge(value, ci, Bound(bound.limit, bound.upper, bound.unit), "point")
     measured = _fmt(value, bound.unit)
     if ci:
         measured += f" [{_fmt(ci[0], bound.unit, bare=True)}, {_fmt(ci[1], bound.unit, bare=True)}]"
     if bound.metric in ("accuracy_drop", "perplexity_increase"):
         measured += " (paired)" if variant.quality_paired else " (unpaired: no paired row)"
-    gap = abs(value - bound.limit)
-    missed = "" if holds else f"{_fmt(gap, bound.unit)} {'over' if bound.upper else 'short'}"
-    shortfall = 0.0 if holds else gap / max(abs(bound.limit), bound.floor)
+    missed = "" if verdict.holds else f"{_fmt(verdict.gap, bound.unit)} {'over' if bound.upper else 'short'}"
+    shortfall = 0.0 if verdict.holds else verdict.gap / max(abs(bound.limit), bound.floor)
     uncertain = ""
-    if holds and ci and bound.metric in ("accuracy_drop", "perplexity_increase", "accuracy", "speedup"):
-        edge = ci[1] if bound.upper else ci[0]
-        if (edge > bound.limit + EPS) if bound.upper else (edge < bound.limit - EPS):
-            uncertain = f"{bound.name} holds on the estimate, but its interval reaches {_fmt(edge, bound.unit)}"
-    return Check(bound.name, holds, measured, missed, shortfall, bound.default, uncertain)
+    if verdict.uncertain_edge is not None and bound.metric in ("accuracy_drop", "perplexity_increase", "accuracy",
+                                                               "speedup"):
+        edge = _fmt(verdict.uncertain_edge, bound.unit)
+        uncertain = f"{bound.name} holds on the estimate, but its interval reaches {edge}"
+    return Check(bound.name, verdict.holds, measured, missed, shortfall, bound.default, uncertain)
 
 
 def _fmt(value: float, unit: str, bare: bool = False) -> str:
     """A bound's value in its unit: "1.9 pt", "4.2%", "22.9 MB", "1.85x", "151 ms" (bare: no unit)."""
-    from bench.report.tables import sig3
-
     text = {"pt": f"{value:.1f}", "%": f"{value:.1f}", "MB": f"{value:.1f}", "x": f"{value:.2f}"}.get(unit, sig3(value))
     if bare:
         return text
@@ -352,59 +277,7 @@ def _relaxations(judged: list[tuple[Variant, list[Check]]], name=lambda v: v.lab
 
 
 def _short_names(variants: list[Variant]) -> dict[tuple[str, int], str]:
-    """The report's display names (`bench.report.tables.short_labels`), keyed by (cell_id, stage)."""
-    import json
-
-    import pandas as pd
-
-    from bench.report.tables import short_labels
-
-    table = pd.DataFrame({"params_json": [json.dumps(v.params, sort_keys=True) for v in variants],
-                          "compressor": [v.compressor for v in variants], "label": [v.label for v in variants]})
-    return {(v.cell_id, v.stage): name for v, name in zip(variants, short_labels(table), strict=True)}
-
-
-def _change(variant: Variant) -> str:
-    if variant.quality_change is None:
-        return "not measured"
-    unit = variant.quality_unit or ""
-    text = f"{variant.quality_change:+.1f} {unit}".replace(" %", "%")
-    if variant.quality_change_ci:
-        low, high = variant.quality_change_ci
-        text += f" [{low:+.1f}, {high:+.1f}] paired"
-    elif not variant.quality_paired:
-        text += " (unpaired)"
-    return text
-
-
-def _ratio(value: float | None, ci: tuple[float, float] | None) -> str:
-    if value is None:
-        return "–"
-    text = f"{value:.2f}x"
-    return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
-
-def _summary(variant: Variant, sig3) -> str:
-    parts = [f"quality {_change(variant)}"]
-    if variant.size_ratio:
-        parts.append(f"{sig3(variant.size_ratio)}x smaller ({variant.size_bytes / 1e6:.1f} MB)")
-    if variant.speedup is not None:
-        parts.append(f"{_ratio(variant.speedup, variant.speedup_ci)} faster")
-    return ", ".join(parts)
-
-
-def _objective_text(variant: Variant, objective: str, sig3) -> str:
-    if objective == "speed":
-        return _ratio(variant.speedup, variant.speedup_ci)
-    if objective == "size":
-        return f"{sig3(variant.size_ratio)}x smaller" if variant.size_ratio else "–"
-    return _change(variant)
-
-
-def _artifact_path(path: str, run_dir: Any) -> str:
-    from pathlib import Path
-
-    candidate = Path(path)
-    if not candidate.is_absolute() and run_dir is not None and (Path(run_dir) / candidate).exists():
-        return str(Path(run_dir) / candidate)
-    return str(candidate) + ("" if candidate.exists() or run_dir is None else " (not found on this machine)")
+    """The report's display names (`bench.analysis.labels.short_labels`), keyed by (cell_id, stage)."""
+    names = short_labels([v.label for v in variants], [v.compressor for v in variants],
+                         [json.dumps(v.params, sort_keys=True) for v in variants])
+    return {(v.cell_id, v.stage): name for v, name in zip(variants, names, strict=True)}

@@ -144,7 +144,7 @@ class CompbenchRun:
     """A finished run: look variants up by pattern and assert on their numbers."""
 
     def __init__(self, path: str | Path):
-        from bench.analysis.pareto import variants_from_rows
+        from bench.analysis.runtable import RunTable
         from bench.results.store import read_manifest, read_rows
 
         self.path = Path(path)
@@ -153,7 +153,8 @@ class CompbenchRun:
         if not self._rows:
             raise FileNotFoundError(f"{self.path} holds no rows (not a finished compbench run)")
         self.labels: dict[str, str] = self.manifest.get("cells", {})
-        self.variants = variants_from_rows(self._rows, self.labels)
+        self.table = RunTable(self._rows, self.manifest, self.path)
+        self.variants = self.table.variants
 
     @property
     def rows(self):
@@ -182,7 +183,7 @@ class CompbenchRun:
         variant = found[0]
         if variant.status != "ok":
             raise VariantFailed(f"{variant.label} [{variant.task}/{variant.device}] {variant.status}: {variant.reason}")
-        base = next((v for v in self.variants if v.group == variant.group and v.is_baseline), None)
+        base = self.table.baseline_of(variant)
         return Measured(variant, self._metric_rows(variant), self._metric_rows(base) if base else {})
 
     def baseline(self, task: str | None = None, device: str | None = "cpu") -> Measured:
@@ -191,10 +192,12 @@ class CompbenchRun:
 
     def check(self, budget_file: str | Path, baseline_run: str | Path | None = None) -> list[Any]:
         """Every check of a budgets file (see `compbench check`); fails the test, with the table, when one breaks."""
-        from bench.gate.check import BROKEN, check_run, load_budgets, render, run_metrics
+        from bench.gate.budgets import load_budgets
+        from bench.gate.check import check_run, outcome, run_metrics
+        from bench.gate.output import render
 
         results = check_run(self.path, load_budgets(budget_file, run_metrics(self.path)), baseline_run)
-        if any(r.status == BROKEN for r in results):
+        if outcome(results)[0] != 0:
             raise AssertionError(render(results, self.path, budget_file, baseline_run))
         return results
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.analysis.pareto import Variant, front, variants_from_rows
+from bench.analysis.pareto import front
 from bench.analysis.recommend import Constraints, Recommendation, check, recommend
-from bench.report.tables import ACCURACY_DROP_PT, PERPLEXITY_RISE, sig3
+from bench.analysis.runtable import Variant, variants_from_rows
+from bench.measure.catalog import ACCURACY_DROP_PT, PERPLEXITY_RISE, sig3
 from bench.results.store import OK, SKIPPED
 
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.tables import _missing, sig3, truncate, variant_label
+from bench.analysis.labels import variant_label
+from bench.measure.catalog import sig3
+from bench.report.tables import _missing, truncate
 from bench.results.store import OK
 
 STEP = "this step"

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report.tables import BASELINE, COLUMNS, column_for, format_number, scale_of, variant_label
+from bench.analysis.labels import variant_label
+from bench.measure.catalog import BASELINE, COLUMNS
+from bench.report.tables import column_for, format_number, scale_of
 from bench.results.store import OK, ROWS_FILE, load, read_manifest
 
 CELL_KEY = ["task", "model", "compressor", "params", "device", "stage"]

@@ -19,7 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.tables import _missing, sig3, variant_label
+from bench.analysis.labels import variant_label
+from bench.measure.catalog import sig3
+from bench.report.tables import _missing
 from bench.results.store import OK
 
 GAIN = "gain_vs_companion"

@@ -16,28 +16,30 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.labels import variant_label
+from bench.measure.catalog import (
+    ACCURACY_DROP_PT,
+    CLASS_RECALL_DROP_PT,
+    PERPLEXITY_RISE,
+    QUALITY_METRICS,
+    SIZE_GAIN_MIN,
+    Column,
+)
 from bench.report.answer import absent_devices, answer_for, answer_table, baseline_noise, pick_text
 from bench.report.chains import chain_cells, chain_table
 from bench.report.distill import FAMILY_ALPHA, companions, gains, kd_table, sweeps
 from bench.report.plots import heatmap_plot, pareto_plot
 from bench.report.recall import COLLAPSE_MARK, recall_table
 from bench.report.tables import (
-    ACCURACY_DROP_PT,
-    CLASS_RECALL_DROP_PT,
     NO_SIZE_GAIN,
-    PERPLEXITY_RISE,
     QUALITY_LOSS,
-    QUALITY_METRICS,
-    SIZE_GAIN_MIN,
     SLOWER,
     SPEED_WITHIN_NOISE,
     WITHIN_NOISE,
-    Column,
     columns_for,
     groups,
     render_table,
     sample_note,
-    variant_label,
     variant_table,
 )
 from bench.results.store import OK, load, read_manifest

@@ -23,7 +23,8 @@ from matplotlib.ticker import NullFormatter
 from matplotlib.transforms import Bbox
 
 from bench.analysis.pareto import pareto_indices
-from bench.report.tables import Column, scale_of
+from bench.measure.catalog import Column
+from bench.report.tables import scale_of
 from bench.results.store import OK
 
 FRONT_COLOR, POINT_COLOR, BASELINE_COLOR, NOISE_COLOR = "tab:orange", "tab:blue", "black", "0.88"

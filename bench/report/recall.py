@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.paired import scores_file
-from bench.report.tables import CLASS_RECALL_DROP_PT, recall_of
+from bench.measure.catalog import CLASS_RECALL_DROP_PT
+from bench.report.tables import recall_of
 from bench.results.store import OK
 
 COLLAPSE_MARK = "▼"

@@ -10,134 +10,34 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
+from bench.analysis.labels import short_labels
+from bench.analysis.runtable import CELL, RunTable, Variant, parse_details
+from bench.measure.catalog import (
+    ACCURACY_DROP_PT,
+    CLASS_RECALL_DROP_PT,
+    COLUMN_BY_METRIC,
+    COLUMNS,
+    HIDDEN,
+    PAIRED_QUALITY,
+    PERPLEXITY_RISE,
+    SAMPLE_WORDS,
+    SIZE_GAIN_MIN,
+    SLOWER_WITHOUT_CI,
+    Column,
+    sig3,
+)
 from bench.results.store import OK
 
-BASELINE = "identity"
-SIZE_GAIN_MIN = 0.95  # a variant keeping >= 95% of the baseline's bytes has no real size gain
-SLOWER_WITHOUT_CI = 0.95  # with no interval, a speed-up below this counts as slower
-ACCURACY_DROP_PT = 1.0
-PERPLEXITY_RISE = 0.05
 REASON_CHARS = 120
-LABEL_CHARS = 100  # a longer label drops the parameters at their defaults (see short_labels)
-CLASS_RECALL_DROP_PT = 5.0  # a class whose recall falls by more than this is flagged, whatever the mean does
 NO_SIZE_GAIN, SLOWER, QUALITY_LOSS = "no real size gain", "slower than baseline", "quality loss"
 WITHIN_NOISE = "quality change within noise"  # the paired interval includes no change
 SPEED_WITHIN_NOISE = "speed-up within noise"  # the interleaved speed-up's interval includes 1
-PAIRED_QUALITY = {"accuracy_delta": True, "perplexity_change": False}  # metric -> higher is better
-
-
-@dataclass(frozen=True)
-class Column:
-    """How one metric is shown.
-
-    kind picks the printing (percent, bytes, count, ms, ratio, seconds, number); delta says how
-    the change against the baseline is put: "pt" (percentage points), "relative" (%), "factor"
-    (x smaller / larger), or None (no delta: latencies of separate cells are not compared, the
-    interleaved speed-up is).
-    """
-
-    metric: str
-    title: str
-    kind: str = "number"
-    delta: str | None = None
-    higher_is_better: bool | None = None
-    unit: str | None = None
-
-
-COLUMNS = (
-    Column("accuracy", "accuracy", "percent", "pt", True),
-    Column("macro_f1", "macro-F1", "percent", "pt", True),
-    Column("perplexity", "perplexity", "number", "relative", False),
-    Column("accuracy_delta", "Δ accuracy, paired", "points", None, True),
-    Column("perplexity_change", "Δ perplexity, paired", "signed_percent", None, False),
-    Column("flip_rate", "answers flipped", "percent", None, False),
-    Column("kl_from_baseline", "KL from baseline", "number", None, False),
-    # size and speed: the two the answer rests on first, so they never hide behind a scroll
-    Column("size_bytes", "size on disk", "bytes", "factor", False),
-    Column("speedup", "speed-up", "ratio", None, True),
-    Column("decode_speedup", "decode speed-up", "ratio", None, True),
-    Column("weight_bytes", "weights", "bytes", None, False),  # its change is size on disk's, less config
-    Column("params", "params", "count"),
-    Column("sparsity", "zero weights", "percent"),
-    Column("bits_per_weight", "bits/weight", "number", None, False),
-    Column("latency_p50", "p50 latency", "ms", None, False),
-    Column("latency_p95", "p95 latency", "ms", None, False),
-    Column("throughput", "throughput", "number", None, True),
-    Column("decode_tokens_per_s", "decode", "number", None, True),
-    Column("peak_memory_bytes", "peak memory", "bytes", "factor", False),
-    Column("compress_seconds", "compress time", "seconds", None, False),
-)
-QUALITY_METRICS = frozenset({"accuracy", "macro_f1", "perplexity", "accuracy_delta", "perplexity_change",
-                             "flip_rate", "kl_from_baseline"})
-# In the data but left out of the table to keep it readable (sparsity says what nonzero_params says).
-HIDDEN = {"cell", "nonzero_params", "latency_p90", "latency_p99", "gain_vs_companion"}  # the KD table shows the gain
-SAMPLE_WORDS = {"accuracy": "examples", "perplexity": "tokens", "latency_p50": "timed iterations"}
-
-
-def variant_label(compressor: str, params_json: str | None) -> str:
-    """"int8-dynamic (backend=onnxruntime)": the compressor and what defines it.
-
-    Cells carry every parameter after defaults; the label leaves out switches (booleans) and
-    unset values at their defaults, and keeps the choices and numbers that say what the variant is.
-    """
-    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
-    params = {k: v for k, v in params.items()
-              if not ((isinstance(v, bool) or v is None) and _default_of(compressor, k, v) == v)}
-    inner = ", ".join(f"{key}={_short(value)}" for key, value in sorted(params.items()))
-    return f"{compressor} ({inner})" if inner else compressor
-
-
-def short_labels(table: pd.DataFrame, limit: int = LABEL_CHARS) -> list[str]:
-    """Labels of a variant table's rows, shortened where `variant_label` runs past `limit` characters.
-
-    A method with many parameters (distillation has twenty) would fill a table cell with defaults;
-    such a label keeps only the parameters that differ from the default or vary between the cells of
-    the same compressor in this table. A label left with nothing, or short already, stays as it was.
-    """
-    params = [json.loads(p) if isinstance(p, str) and p else {} for p in table.params_json]
-    varying: dict[str, set[str]] = {}
-    for compressor in table.compressor.drop_duplicates():
-        mine = [p for p, c in zip(params, table.compressor, strict=True) if c == compressor]
-        keys = {k for p in mine for k in p}
-        varying[compressor] = {k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in mine}) > 1}
-    out = []
-    for label, compressor, mine in zip(table.label, table.compressor, params, strict=True):
-        base, _, stage = label.partition(" · ")
-        if len(base) > limit:  # quantizers' labels stay whole: bits=4 at its default still says what it is
-            kept = {k: v for k, v in mine.items()
-                    if k in varying[compressor] or _default_of(compressor, k, v) != json.loads(json.dumps(v))}
-            if kept:
-                inner = ", ".join(f"{key}={_short(value)}" for key, value in sorted(kept.items()))
-                base = f"{compressor} ({inner})"
-        out.append(base + (f" · {stage}" if stage else ""))
-    return out
-
-
-def _default_of(compressor: str, key: str, value: Any) -> Any:
-    """The default of one parameter of a registered compressor (a value that can never equal `value` when unknown)."""
-    import dataclasses
-
-    try:
-        from compressors import lookup
-
-        fields = {f.name: f for f in dataclasses.fields(lookup(compressor).config_class)}
-    except (KeyError, ImportError):
-        return object()
-    field = fields.get(key)
-    if field is None or field.default is dataclasses.MISSING:
-        return object()
-    return json.loads(json.dumps(field.default))
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
-        return "[" + " → ".join(str(v["name"]) for v in value) + "]"  # a chain's stages by name
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+UNDER_LOAD = "timed under load"  # the baseline against itself excludes 1x: speed-ups of this group are suspect
 
 
 def groups(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
@@ -166,96 +66,85 @@ def columns_for(rows: pd.DataFrame) -> list[Column]:
 
 
 def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per measured (cell, stage): label, status, per metric its value, ci_low, ci_high, n
-    and delta; flags.
+    """One row per variant of the run table (`bench.analysis.runtable.RunTable`): label, status, per
+    metric its value, ci_low, ci_high, n and delta; flags.
 
-    A chain cell measures every stage; each stage is a variant of its own, labelled
-    "chain (...) · stage k" (a chain's stage-0 rows, its copy of the baseline, are left out: the
-    identity cell stands for them), as `bench.analysis.pareto.variants_from_rows` does. The baseline of
-    each (task, model, device) is its ok identity cell; without one there are no deltas and no
-    flags. Order: baselines, other measured cells, then skipped and failed ones.
+    Which (cell, stage) is a variant, its status and which identity cell is its baseline are the run
+    table's; this only lays the numbers out. Without a baseline there are no deltas and no flags.
+    Order: baselines, other measured variants, then skipped and failed ones.
     """
-    records = []
-    rows = rows.assign(stage=pd.to_numeric(rows.stage, errors="coerce").fillna(0).astype(int))
-    for cell_id, cell in rows.groupby("cell_id", sort=False):
-        if (cell.compressor != BASELINE).all():
-            cell = cell[cell.stage > 0] if (cell.stage > 0).any() else cell
-        stages = sorted(cell.stage.unique())
-        for stage in stages:
-            record = _record(cell_id, cell[cell.stage == stage], stage)
-            if len(stages) > 1:
-                record["label"] += f" · stage {stage}"
-            records.append(record)
-    table = pd.DataFrame(records)
-    if table.empty:
-        return table
-    table["label"] = short_labels(table)
-    table["is_baseline"] = False
+    run = RunTable(rows)
+    if not run.variants:
+        return pd.DataFrame()
+    table = pd.DataFrame([_record(v, run.rows_of(v)) for v in run.variants])
+    table["label"] = short_labels(list(table.label), list(table.compressor), list(table.params_json))
+    table["is_baseline"] = [v.is_baseline for v in run.variants]
     table["flags"] = [[] for _ in range(len(table))]
-    for model in table.model.drop_duplicates():
-        mine = table.index[table.model == model]
-        base = [i for i in mine if table.at[i, "compressor"] == BASELINE and table.at[i, "status"] == OK]
-        if base:
-            table.at[base[0], "is_baseline"] = True
-            _compare_with_baseline(table, mine, base[0])
+    position = {v.key: i for i, v in enumerate(run.variants)}
+    for i, variant in enumerate(run.variants):
+        base = run.baseline_of(variant)
+        if base is not None and not variant.is_baseline:
+            _compare_with_baseline(table, i, position[base.key])
+        if base is not None and "self_speedup" in base.details and variant.status == OK:
+            _, ci = base.details["self_speedup"]
+            if ci and not ci[0] <= 1.0 <= ci[1]:
+                table.at[i, "flags"] = table.at[i, "flags"] + [UNDER_LOAD]
     rank = table.is_baseline.map({True: 0, False: 1}) + (table.status != OK).astype(int) * 2
     return table.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
-def _record(cell_id: str, cell: pd.DataFrame, stage: int) -> dict[str, Any]:
-    """The numbers of one (cell, stage): metric -> value, `<metric>:ci_low|ci_high|n`, details by metric."""
-    first, failed = cell.iloc[0], cell[cell.status != OK]
-    # the cell's own status is its "cell" row; a metric that alone could not be measured (decode speed
-    # of a runtime without a KV cache) leaves the cell ok and becomes a note
-    bad = failed[failed.metric == "cell"] if (failed.metric == "cell").any() or len(failed) < len(cell) else failed
+def _record(variant: Variant, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers of one variant: metric -> value, `<metric>:ci_low|ci_high|n`, details by metric."""
     record: dict[str, Any] = {
-        "cell_id": cell_id, "stage": int(stage), "task": first.task, "model": first.model, "device": first.device,
-        "compressor": first.compressor, "params_json": first.params,  # "params" is a metric
-        "label": variant_label(first.compressor, first.params), "runtime": _text(first.runtime),
-        "status": bad.status.iloc[0] if len(bad) else OK, "reason": _text(bad.reason.iloc[0]) if len(bad) else None,
+        "cell_id": variant.cell_id, "stage": variant.stage, "task": variant.task, "model": variant.model,
+        "device": variant.device, "compressor": variant.compressor,
+        "params_json": json.dumps(variant.params, sort_keys=True),  # "params" is a metric
+        "label": variant.label, "runtime": variant.runtime, "status": variant.status, "reason": variant.reason,
         "notes": [], "claims": [], "details": {}}
-    for row in cell[cell.status == OK].itertuples():
-        record[row.metric] = _number(row.value)
+    record["training"] = variant.details.get("provenance")  # a trained cell's facts (KD: steps, examples seen)
+    for row in rows:
+        if row.get("status") != OK:
+            continue
+        metric = row["metric"]
+        record[metric] = _number(row.get("value"))
         for part in ("ci_low", "ci_high", "n"):
-            record[f"{row.metric}:{part}"] = _number(getattr(row, part))
-        record[f"{row.metric}:higher_is_better"] = row.higher_is_better if isinstance(row.higher_is_better, bool) \
-            else None
-        details = json.loads(row.details) if isinstance(row.details, str) else {}
+            record[f"{metric}:{part}"] = _number(row.get(part))
+        up = row.get("higher_is_better")
+        record[f"{metric}:higher_is_better"] = up if isinstance(up, bool) else None
+        details = parse_details(row.get("details"))
         record["notes"] += [note for note in details.pop("notes", []) if note not in record["notes"]]
         record["claims"] += details.pop("claims", [])
-        training = details.pop("provenance", None)  # a trained cell's facts (KD: steps, examples seen)
-        if isinstance(training, dict):
-            record.setdefault("training", training)
+        details.pop("provenance", None)
         if details:
-            record["details"][row.metric] = details
-    if not len(bad):
-        record["notes"] += [f"{column_for(row.metric).title} not measured ({row.status}): "
-                            f"{truncate(_text(row.reason) or 'no reason recorded')}" for row in failed.itertuples()]
+            record["details"][metric] = details
+    if variant.status == OK:
+        # a metric that alone could not be measured (decode speed of a runtime without a KV cache) leaves
+        # the variant ok and becomes a note
+        record["notes"] += [f"{column_for(row['metric']).title} not measured ({row['status']}): "
+                            f"{truncate(_text(row.get('reason')) or 'no reason recorded')}"
+                            for row in rows if row.get("status") != OK and row.get("metric") != CELL]
     return record
 
 
-def _compare_with_baseline(table: pd.DataFrame, index: pd.Index, base: int) -> None:
-    """Fill `<metric>:delta` and `flags` of the rows in `index` against row `base`."""
+def _compare_with_baseline(table: pd.DataFrame, i: int, base: int) -> None:
+    """Fill `<metric>:delta` and `flags` of row `i` against row `base`."""
     for column in COLUMNS:
         if column.delta is None or column.metric not in table:
             continue
-        reference = table.at[base, column.metric]
-        for i in index:
-            value = table.at[i, column.metric]
-            if i == base or _missing(value) or _missing(reference) or (column.delta != "pt" and not reference):
-                continue
-            if column.delta == "pt":
-                change = (value - reference) * 100
-            elif column.delta == "relative":
-                change = value / reference - 1
-            else:
-                change = reference / value if value else math.inf
-            table.at[i, f"{column.metric}:delta"] = change
-    for i in index:
-        if i != base and table.at[i, "status"] == OK:
-            table.at[i, "flags"] = flags(table.loc[i], table.loc[base])
-            shown = [c["text"] for c in table.at[i, "claims"] if claim_holds(c["when"], table.loc[i])]
-            table.at[i, "notes"] = table.at[i, "notes"] + [t for t in shown if t not in table.at[i, "notes"]]
+        reference, value = table.at[base, column.metric], table.at[i, column.metric]
+        if _missing(value) or _missing(reference) or (column.delta != "pt" and not reference):
+            continue
+        if column.delta == "pt":
+            change = (value - reference) * 100
+        elif column.delta == "relative":
+            change = value / reference - 1
+        else:
+            change = reference / value if value else math.inf
+        table.at[i, f"{column.metric}:delta"] = change
+    if table.at[i, "status"] == OK:
+        table.at[i, "flags"] = flags(table.loc[i], table.loc[base])
+        shown = [c["text"] for c in table.at[i, "claims"] if claim_holds(c["when"], table.loc[i])]
+        table.at[i, "notes"] = table.at[i, "notes"] + [t for t in shown if t not in table.at[i, "notes"]]
 
 
 def paired_loss(row: pd.Series) -> bool | None:
@@ -357,7 +246,6 @@ def _text(x: Any) -> str | None:
 
 # ---- text: what the pages print ------------------------------------------------------------------
 
-COLUMN_BY_METRIC = {c.metric: c for c in COLUMNS}
 ARROWS = {True: "↑", False: "↓", None: ""}
 
 
@@ -473,17 +361,6 @@ def sample_note(table: pd.DataFrame) -> str:
 def _ratio_digits(x: float) -> str:
     # 1.00x [0.97, 1.03]: two decimals show the noise around 1
     return f"{x:.2f}" if abs(x) < 10 else sig3(x)
-
-
-def sig3(x: float) -> str:
-    """Three significant digits; thousands separated from 1,000 on, an exponent below 0.001."""
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    if abs(x) < 1e-3:
-        return f"{x:.2e}"  # 4.51e-06 rather than 0.00000451
-    return f"{x:.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
 
 
 def truncate(text: str, limit: int = REASON_CHARS) -> str:

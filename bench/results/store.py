@@ -22,6 +22,7 @@ ROWS_FILE = "rows.jsonl"
 MANIFEST_FILE = "manifest.json"
 
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
+NO_DEVICE = "no CUDA device on this machine"  # the reason of a cell skipped because its device is absent
 
 # What rows.jsonl, manifest.json and scores/ mean. Bump it when a column, a manifest key or the
 # scores format changes meaning: a run of an older version is refused (one line, exit 2) where
