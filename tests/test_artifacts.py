@@ -11,7 +11,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from bench.measure.size import directory_bytes
 from compressors import build
 from compressors.core.base import CLASSIFICATION, CompressContext, TorchModel
-from compressors.shared.artifacts import ArtifactError, empty_directory, load_artifact
+from compressors.shared.artifact_format import empty_directory
+from compressors.shared.artifacts import ArtifactError, load_artifact
 from tests.test_quantize import FakeData
 
 

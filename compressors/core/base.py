@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from compressors.shared.artifact_format import describe, write_info
+
 Batch = dict[str, torch.Tensor]
 """Model inputs by name, e.g. {"input_ids": (B, T), "attention_mask": (B, T)}."""
 
@@ -275,8 +277,6 @@ class TorchModel(Model):
             save_file(tensors, directory / "model.safetensors")
         else:  # torch.ao packed params and torchao tensor subclasses: only torch.save stores them
             torch.save(state, directory / "model.pt")
-        from compressors.shared.artifacts import describe, write_info
-
         info = describe(self.module, self.kind)
         info.update(name=self.name, notes=list(self.notes))
         write_info(directory, info)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compressors.lowrank.factorize import Factors
-from compressors.shared.artifacts import artifact_layer
+from compressors.shared.artifact_format import artifact_layer
 
 
 @artifact_layer("lowrank-linear")

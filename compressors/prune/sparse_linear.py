@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressors.shared.artifacts import artifact_layer
+from compressors.shared.artifact_format import artifact_layer
 
 BITMASK, CSR = "bitmask", "csr"
 _BIT_WEIGHTS = 2 ** torch.arange(8, dtype=torch.int32)  # little-endian bit order within a byte

@@ -62,7 +62,7 @@ from compressors.prune.structure_scores import (
     head_group_scores,
     keep_top,
 )
-from compressors.shared.artifacts import remember_attributes_
+from compressors.shared.artifact_format import remember_attributes_
 from compressors.shared.surgery import SplitQKV, conv1d_to_linear_
 
 SUPPORTED = "BERT-like encoders, GPT-2 and Llama-like decoders (torch models with plain nn.Linear layers)"

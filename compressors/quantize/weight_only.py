@@ -42,7 +42,7 @@ from compressors.quantize.packing import (
     dequantize,
     quantize_tensor,
 )
-from compressors.shared.artifacts import artifact_layer
+from compressors.shared.artifact_format import artifact_layer
 from compressors.shared.surgery import body_linears, output_layer_ids, set_submodule_
 
 GROUP_SIZES = (None, 0, 32, 64, 128, 256)

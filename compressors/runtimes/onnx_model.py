@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from compressors.core.base import Batch, CompressorUnavailable, Model, ModelInfo
+from compressors.shared.artifact_format import write_info
 
 TRANSPOSED_COPIES_KEY = "compbench.transposed_copies"
 """ONNX metadata: how many weights the exporter stored a second time, transposed (a tied
@@ -114,8 +115,6 @@ class OnnxModel(Model):
             shutil.copy2(self.path.parent / location, directory / location)
         if self.hf_config is not None:
             self.hf_config.save_pretrained(directory)
-        from compressors.shared.artifacts import write_info
-
         # provenance names the int8 settings the graph was built for: an artifact quantized with 8-bit
         # weights for a VNNI CPU saturates on one without VNNI, so whoever moves it must be able to tell.
         write_info(directory, {"format": 1, "runtime": self.runtime, "kind": self.kind, "name": self.name,

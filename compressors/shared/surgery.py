@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from compressors.shared.artifacts import CONV1D_AS_LINEAR, artifact_layer, remember_attributes_
+from compressors.core.base import CompressorUnavailable
+from compressors.shared.artifact_format import CONV1D_AS_LINEAR, artifact_layer, remember_attributes_
 
 # Names of classification / LM output layers (BERT "classifier", Llama "score", GPT-2 "lm_head").
 OUTPUT_LAYERS = ("lm_head", "classifier", "score")
@@ -44,8 +45,6 @@ def body_linears(module: nn.Module, include_output: bool = False, method: str = 
         CompressorUnavailable: no Linear besides the output head: the result would claim a
             compression it did not do (GPT-2's blocks are `Conv1D`: see `conv1d_to_linear_`).
     """
-    from compressors.core.base import CompressorUnavailable
-
     heads = output_layer_ids(module)
     everything = linear_layers(module)
     body = [(n, layer) for n, layer in everything if id(layer) not in heads]
