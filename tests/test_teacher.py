@@ -5,8 +5,8 @@ import torch
 
 from bench.zoo import teacher
 from bench.zoo.data import load_dataset, make_dataset, split_dataset, validation_split
-from bench.zoo.models import load_tokenizer
 from bench.zoo.teacher import FineTuneRecipe, fine_tune, teacher_recipe, training_note
+from bench.zoo.tokenizers import load_tokenizer
 
 MAX_LENGTH = 16
 

@@ -49,9 +49,13 @@ def test_digits_split_covers_every_class_and_is_disjoint_and_seeded():
 
 
 def test_limits_keep_every_class():
-    train, test = vector_splits("digits", seed=0, train_limit=100, eval_limit=40)
+    spec = TaskSpec(name="digits", model="mlp-30x2", dataset="digits", train_limit=100, eval_limit=40)
+    train, test = load_vector_splits(spec, 0)
     assert (len(train), len(test)) == (100, 40)
     assert np.bincount(train.labels, minlength=10).min() == 10 and np.bincount(test.labels, minlength=10).min() == 4
+    whole_train, whole_test = vector_splits("digits", seed=0)  # the limits are the task's, taken from the whole
+    assert set(map(bytes, train.features)) <= set(map(bytes, whole_train.features))
+    assert set(map(bytes, test.features)) <= set(map(bytes, whole_test.features))
 
 
 def test_task_batches_shapes_and_low_label_rule():
@@ -182,8 +186,8 @@ def test_bad_input_is_one_line(call, match):
 
 
 def test_mlps_are_registered_in_the_zoo_and_load_as_students():
-    from bench.zoo.models import load_student
     from bench.zoo.registry import model_entry
+    from bench.zoo.students import load_student
 
     entry = model_entry("mlp-30x2")
     assert entry is not None and entry.tokenizer is None and entry.kinds == ("classification",)

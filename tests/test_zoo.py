@@ -12,19 +12,11 @@ import torch
 from bench.zoo import LoadPolicy, ZooError, publish_directory, sha256_file, verify_cached_dir, verify_file
 from bench.zoo import teacher as zoo_teacher
 from bench.zoo.data import BBC_SHA256, load_dataset, make_dataset, pair_datasets, split_dataset, validation_split
-from bench.zoo.models import (
-    check_model,
-    file_hashes,
-    known_models,
-    load_model,
-    load_student,
-    load_tokenizer,
-    minilm_dir,
-    model_notes,
-    prepare_model,
-    same_vocabulary,
-    tokenizer_mismatch,
-)
+from bench.zoo.lookup import check_model, file_hashes, known_models, model_notes
+from bench.zoo.minilm import minilm_dir
+from bench.zoo.models import load_model, prepare_model
+from bench.zoo.students import load_student
+from bench.zoo.tokenizers import load_tokenizer, same_vocabulary, tokenizer_mismatch
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION
 
 
@@ -419,7 +411,7 @@ def test_minilm_l3_conversion_matches_the_onnx_reference():
     import onnxruntime
     from transformers import AutoTokenizer, BertModel
 
-    from bench.zoo.models import MINILM_L3_ONNX, minilm_l3_dir
+    from bench.zoo.minilm import MINILM_L3_ONNX, minilm_l3_dir
 
     directory = minilm_l3_dir()
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
@@ -439,7 +431,7 @@ def test_minilm_l3_conversion_matches_the_onnx_reference():
 def test_minilm_l3_student_is_the_pretrained_body_with_a_new_head():
     from transformers import BertModel
 
-    from bench.zoo.models import minilm_l3_dir
+    from bench.zoo.minilm import minilm_l3_dir
 
     student = load_student("minilm-l3", CLASSIFICATION, 5, seed=0)
     body = BertModel.from_pretrained(minilm_l3_dir(), add_pooling_layer=False, local_files_only=True).state_dict()

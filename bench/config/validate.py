@@ -1,7 +1,7 @@
 """Checks a matrix against the zoo before any cell starts, so bad input costs nothing.
 
 Everything here raises `ConfigError` with one line naming what is wrong and what
-would be right. The model checks are the loader's own (`bench.zoo.models.check_model`),
+would be right. The model checks are the loader's own (`bench.zoo.lookup.check_model`),
 so what validation accepts is what the loader loads.
 """
 
@@ -72,7 +72,7 @@ def _depth_of(name: str) -> int | None:
 def check_compressors_against_models(matrix: Matrix, task: TaskSpec, where: str, policy: LoadPolicy) -> None:
     """What only the models reveal about a compressor's parameters (e.g. a KD student whose tokenizer is not
     the teacher's, a layer map beyond a model's depth): any method may define `check_models`."""
-    from bench.zoo.models import load_tokenizer
+    from bench.zoo.tokenizers import load_tokenizer
     from compressors import build
 
     for index, spec in enumerate(matrix.compressors):
@@ -90,7 +90,7 @@ def check_compressors_against_models(matrix: Matrix, task: TaskSpec, where: str,
 def check_model_name(name: str, where: str, policy: LoadPolicy | None = None, kind: str | None = None) -> None:
     """The model's files pass the loader's checks (pins, caches, weight files, remote code, kind)."""
     from bench.zoo import ZooError
-    from bench.zoo.models import check_model
+    from bench.zoo.lookup import check_model
 
     try:
         check_model(name, policy or LoadPolicy.from_env(), kind)
@@ -140,7 +140,7 @@ def check_held_out(task: TaskSpec, n_train: int, test_texts: list[str], where: s
     if all(name in known_datasets() for name in (task.dataset, task.test_dataset) if name is not None):
         return
     from bench.zoo import ZooError
-    from bench.zoo.models import load_tokenizer
+    from bench.zoo.tokenizers import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(task.model, policy)

@@ -6,7 +6,6 @@ get: calibration and training batches from the train split, never the held-out o
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.config.matrix import TaskSpec
+from bench.data.sampling import CALIBRATION_BATCH_SIZE, HIDDEN, VALIDATION_FRACTION, stratified_order
+from bench.data.vector_task import load_vector_splits
 from bench.measure import Measurement
 from bench.measure.accuracy import classification_metrics, example_id
 from bench.measure.perplexity import perplexity
@@ -26,9 +27,6 @@ from bench.zoo.vectors import is_vector_dataset
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION, Batch, Model
 
 EVAL_BATCH_SIZE = 16
-CALIBRATION_BATCH_SIZE = 8
-VALIDATION_FRACTION = 0.1  # of the train split, held out of training for keep-best and early stopping
-HIDDEN = -1  # the label of an example whose label the low-label setting hides
 # The LM stream is tokenized without special tokens: no BOS before the joined text (its first
 # token is predicted from nothing and never scored) and no BOS per window; rows record it.
 ADD_SPECIAL_TOKENS = False
@@ -40,8 +38,6 @@ def load_splits(spec: TaskSpec, seed: int) -> tuple[TextDataset, TextDataset]:
     With `spec.test_dataset`, the whole `dataset` is train and the whole `test_dataset` held out.
     """
     if is_vector_dataset(spec.dataset):  # images as feature vectors: VectorDataset splits
-        from bench.data.vector_task import load_vector_splits
-
         return load_vector_splits(spec, seed)
     dataset = load_dataset(spec.dataset)
     if spec.type == CLASSIFICATION and dataset.labels is None:
@@ -53,33 +49,6 @@ def load_splits(spec: TaskSpec, seed: int) -> tuple[TextDataset, TextDataset]:
         train, test = split_dataset(dataset, test_fraction=spec.test_fraction, seed=seed)
     return _head(train, spec.train_limit, seed), _head(test, spec.eval_limit if spec.type == CLASSIFICATION else None,
                                                     seed)
-
-
-def stratified_order(labels: Sequence[int] | None, n: int, seed: int) -> list[int]:
-    """A seeded order of range(n) in which every prefix covers the classes evenly.
-
-    Each label's indices are shuffled with `random.Random(seed)`, then taken round-robin
-    over labels (smallest label first), so the first k indices hold about k / classes of
-    each class. Without labels it is a plain seeded shuffle. Used wherever a subset is
-    taken ("the first N" of a split would be one class: BBC is stored class by class).
-    """
-    rng = random.Random(seed)
-    if labels is None:
-        order = list(range(n))
-        rng.shuffle(order)
-        return order
-    by_label: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_label.setdefault(label, []).append(i)
-    queues = []
-    for _, members in sorted(by_label.items()):
-        members = members[:]
-        rng.shuffle(members)
-        queues.append(members)
-    order = []
-    for position in range(max((len(q) for q in queues), default=0)):
-        order.extend(q[position] for q in queues if position < len(q))
-    return order
 
 
 def coverage(ds: TextDataset, index: Sequence[int]) -> dict[str, Any]:

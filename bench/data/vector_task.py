@@ -5,7 +5,7 @@ scoring for the runner.
 `compressors.core.base.TaskData`), with batches {"pixel_values": (B, D) float32} instead of token
 ids. It divides its data by the same rules: a seeded, label-stratified validation part carved
 from the train split, the same low-label rule, calibration and latency inputs drawn class by
-class (`bench.data.tasks.stratified_order`), never the first N.
+class (`bench.data.sampling.stratified_order`), never the first N.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.config.matrix import TaskSpec
-from bench.data.tasks import CALIBRATION_BATCH_SIZE, HIDDEN, VALIDATION_FRACTION, stratified_order
+from bench.data.sampling import CALIBRATION_BATCH_SIZE, HIDDEN, VALIDATION_FRACTION, stratified_order
 from bench.measure import Measurement
+from bench.measure.accuracy import classification_metrics
 from bench.zoo import ZooError
+from bench.zoo.mlp import MLP_ZOO
 from bench.zoo.vectors import VectorDataset, is_vector_dataset, vector_splits, vector_validation_split
 from compressors.core.base import CLASSIFICATION, Batch, Model
 
@@ -49,7 +51,15 @@ def load_vector_splits(spec: TaskSpec, seed: int) -> tuple[VectorDataset, Vector
     if spec.test_dataset is not None:
         raise ZooError(f"task {spec.name!r}: dataset {spec.dataset!r} has its own held-out split; remove "
                        "test_dataset")
-    return vector_splits(spec.dataset, seed, spec.test_fraction, spec.train_limit, spec.eval_limit)
+    train, test = vector_splits(spec.dataset, seed, spec.test_fraction)
+    return vector_head(train, spec.train_limit, seed), vector_head(test, spec.eval_limit, seed)
+
+
+def vector_head(ds: VectorDataset, limit: int | None, seed: int) -> VectorDataset:
+    """A seeded, label-stratified sample of `limit` examples (kept in the dataset's order), as text tasks take."""
+    if limit is None or limit >= len(ds):
+        return ds
+    return ds.subset(sorted(stratified_order(ds.labels.tolist(), len(ds), seed)[:limit]), f"first{limit}")
 
 
 def check_vector_model(spec: TaskSpec) -> None:
@@ -58,8 +68,6 @@ def check_vector_model(spec: TaskSpec) -> None:
     Raises:
         ZooError: one line naming the models that fit.
     """
-    from bench.zoo.mlp import MLP_ZOO
-
     if spec.model not in MLP_ZOO:
         raise ZooError(f"task {spec.name!r}: dataset {spec.dataset!r} holds images as feature vectors; its model "
                        f"must be an MLP of the zoo ({', '.join(MLP_ZOO)}), got {spec.model!r}")
@@ -182,8 +190,6 @@ class VectorTask:
         See `bench.measure.accuracy.classification_metrics`; the accuracy row keeps each
         example's prediction and distribution in `scores` for paired comparisons.
         """
-        from bench.measure.accuracy import classification_metrics
-
         def batches() -> Iterator[tuple[Batch, torch.Tensor]]:
             for start in range(0, len(self.test), EVAL_BATCH_SIZE):
                 yield (self._batch(self.test.features[start:start + EVAL_BATCH_SIZE]),

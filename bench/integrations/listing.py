@@ -16,7 +16,7 @@ def print_listing(what: str = "all") -> None:
 
 def _lines(section: str) -> list[str]:
     if section == "models":
-        from bench.zoo.models import known_models
+        from bench.zoo.lookup import known_models
 
         return [f"{name:16} {text}" for name, text in known_models().items()] + [
             f"{'hf:<id>':16} any Hugging Face model (needs the network)",

@@ -98,7 +98,7 @@ def manifest(matrix, run_id: str) -> dict[str, Any]:
     """The manifest of a new run: matrix, code, versions, machine, seeds, data and model hashes, what the
     data held (`data_notes`)."""
     from bench.zoo.data import load_dataset
-    from bench.zoo.models import file_hashes, model_notes
+    from bench.zoo.lookup import file_hashes, model_notes
     from bench.zoo.vectors import is_vector_dataset, vector_dataset_hash
 
     models = sorted({t.model for t in matrix.tasks})

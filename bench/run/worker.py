@@ -200,7 +200,7 @@ def _budget_cap(cell: dict[str, Any]):
 
 def _load_student(spec, task, seed: int, policy, name: str):
     """A student for distillation: model `name` NOT fine-tuned on the task (a new head for its labels)."""
-    from bench.zoo.models import load_student
+    from bench.zoo.students import load_student
 
     return load_student(name, spec.type, num_labels=task.num_labels, seed=seed, policy=policy,
                         train_data=task.train)

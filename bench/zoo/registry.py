@@ -136,7 +136,7 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     """
     # The built-in models register first whichever module is imported first, so listings and
     # "did you mean" start with them.
-    importlib.import_module("bench.zoo.models")
+    importlib.import_module("bench.zoo.builtin")
     if entry.name in _ENTRIES:
         raise ValueError(f"model {entry.name!r} is already registered ({_ENTRIES[entry.name].description})")
     _ENTRIES[entry.name] = entry
@@ -164,7 +164,7 @@ def _discover() -> None:
     import bench.zoo
 
     try:
-        importlib.import_module("bench.zoo.models")  # the built-ins come first in listings
+        importlib.import_module("bench.zoo.builtin")  # the built-ins come first in listings
         for module in pkgutil.iter_modules(bench.zoo.__path__):
             if not module.name.startswith("_"):
                 importlib.import_module(f"bench.zoo.{module.name}")

@@ -107,29 +107,19 @@ def vector_dataset_hash(name: str) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
 
 
-def vector_splits(name: str, seed: int = 0, test_fraction: float = 0.3, train_limit: int | None = None,
-                  eval_limit: int | None = None) -> tuple[VectorDataset, VectorDataset]:
-    """(train, test) of a vector dataset, as a task scores it.
+def vector_splits(name: str, seed: int = 0, test_fraction: float = 0.3) -> tuple[VectorDataset, VectorDataset]:
+    """(train, test) of a vector dataset, whole (a task's limits are `bench.data.vector_task.vector_head`).
 
     Fashion-MNIST keeps its standard split (`test_fraction` unused); digits is split with
-    `split_dataset`'s rule (per label, a seeded round(n * test_fraction) held out). A limit
-    keeps a seeded, label-stratified sample of that many examples (`bench.data.tasks.stratified_order`).
+    `split_dataset`'s rule (per label, a seeded round(n * test_fraction) held out).
     """
-    from bench.data.tasks import stratified_order
-
     data, held_out = load_vector_dataset(name)
     if held_out is None:
         train_part, test_part = split_dataset(_index_dataset(data), test_fraction, seed)
         train, test = data.subset(_indices(train_part), "train"), data.subset(_indices(test_part), "test")
     else:
         train, test = data, held_out
-
-    def head(ds: VectorDataset, limit: int | None) -> VectorDataset:
-        if limit is None or limit >= len(ds):
-            return ds
-        return ds.subset(sorted(stratified_order(ds.labels.tolist(), len(ds), seed)[:limit]), f"first{limit}")
-
-    return head(train, train_limit), head(test, eval_limit)
+    return train, test
 
 
 def vector_validation_split(train: VectorDataset, fraction: float, seed: int) -> tuple[VectorDataset, VectorDataset]:
