@@ -17,6 +17,7 @@ test: $(STAMP)   ## the test suite (offline, CPU)
 
 lint: $(STAMP)
 	$(BIN)/ruff check bench compressors tests
+	$(BIN)/lint-imports  # the layering contracts in pyproject.toml
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

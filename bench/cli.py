@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.analysis.runtable import RunTable
 from bench.config.matrix import ConfigError
 from bench.results.store import RunFolderError, check_schema
 from bench.zoo import LoadPolicy, ZooError
@@ -365,37 +366,26 @@ def _existing_run(path: Path) -> Path:
 
 
 def _summarise(run_dir: Path) -> None:
-    from bench.results.store import read_rows
-
-    status: dict[str, str] = {}
-    for row in read_rows(run_dir):
-        # a cell is skipped or failed by its "cell" row; one metric skipped alone (decode speed of a
-        # runtime without generate) leaves the cell ok
-        if row["metric"] == "cell" or row["cell_id"] not in status:
-            status[row["cell_id"]] = row["status"] if row["metric"] == "cell" else "ok"
-    counts = {s: list(status.values()).count(s) for s in ("ok", "skipped", "error")}
+    statuses = [status for status, _ in RunTable.read(run_dir).cell_status().values()]
+    counts = {s: statuses.count(s) for s in ("ok", "skipped", "error")}
     print(f"{run_dir}: {counts['ok']} cells ok, {counts['skipped']} skipped, {counts['error']} errors "
           f"(rows in {run_dir / 'rows.jsonl'})", file=sys.stderr)
 
 
 def _failed_cells(run_dir: Path) -> list[str]:
-    """"label (reason)" of every cell whose rows end in error (skipped cells are not failures)."""
-    from bench.results.store import ERROR, read_manifest, read_rows
-
-    labels = read_manifest(run_dir).get("cells", {})
-    failed: dict[str, str] = {}
-    for row in read_rows(run_dir):
-        if row["status"] == ERROR and row["metric"] == "cell":
-            reason = " ".join((row.get("reason") or "no reason recorded").split())
-            failed[row["cell_id"]] = f"{labels.get(row['cell_id'], row['cell_id'])} " \
-                                     f"({reason if len(reason) <= 80 else reason[:79] + '…'})"
-    return list(failed.values())
+    """"label (reason)" of every cell that ended in error (skipped cells are not failures)."""
+    table = RunTable.read(run_dir)
+    failed = []
+    for cell_id, (status, reason) in table.cell_status().items():
+        if status == "error":
+            reason = " ".join((reason or "no reason recorded").split())
+            reason = reason if len(reason) <= 80 else reason[:79] + "…"
+            failed.append(f"{table.labels.get(cell_id, cell_id)} ({reason})")
+    return failed
 
 
 def _cell_count(run_dir: Path) -> int:
-    from bench.results.store import finished_cells
-
-    return len(finished_cells(run_dir))
+    return len(RunTable.read(run_dir).cell_status())
 
 
 def _write_report(run_dir: Path, out_dir: Path, formats: tuple[str, ...]) -> None:

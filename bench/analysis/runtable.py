@@ -174,6 +174,16 @@ class RunTable:
         return {r["metric"] for r in self.rows if r["task"] == task and r.get("status") == OK
                 and _number(r.get("value")) is not None}
 
+    def cell_status(self) -> dict[str, tuple[str, str | None]]:
+        """{cell_id: (status, reason)}: "error" if any of its stages failed, else "skipped" if one was
+        skipped, else "ok" (a metric skipped alone, such as decode speed, leaves a cell ok)."""
+        rank = {OK: 0, "skipped": 1, "error": 2}
+        out: dict[str, tuple[str, str | None]] = {}
+        for v in self.variants:
+            if v.cell_id not in out or rank.get(v.status, 2) > rank.get(out[v.cell_id][0], 2):
+                out[v.cell_id] = (v.status, v.reason)
+        return out
+
     def baseline_of(self, variant: Variant) -> Variant | None:
         """The ok identity variant this variant is compared with (same task, model, device, task settings)."""
         return self._baselines.get(_baseline_key(variant))

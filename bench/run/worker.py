@@ -81,7 +81,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
     from bench.zoo import LoadPolicy
     from bench.zoo.models import load_model
     from compressors.core.base import CAUSAL_LM, CompressContext
-    from compressors.shared.artifacts import empty_directory
+    from compressors.shared.artifact_format import empty_directory
 
     spec = TaskSpec(**cell["task"])
     comp = CompressorSpec(**cell["compressor"])
