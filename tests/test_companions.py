@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from bench.analysis.paired import COMPANION_METRIC, SCORES_DIR, add_companion_rows, companion_gain
+from bench.analysis.paired import COMPANION_METRIC, SCORES_DIR, companion_gain
+from bench.analysis.pairing import add_companion_rows
 from bench.config.matrix import ConfigError, parse_matrix
 from bench.results.store import Row, append_rows, read_rows
 from bench.run.runner import plan_cells

@@ -13,13 +13,12 @@ from bench.analysis.paired import (
     PAIRED_BOOTSTRAP,
     PAIRING,
     SCORES_DIR,
-    add_companion_rows,
-    add_paired_rows,
     paired_bootstrap,
     paired_classification,
     paired_perplexity,
     pairing_settings,
 )
+from bench.analysis.pairing import add_companion_rows, add_paired_rows
 from bench.config.matrix import TaskSpec
 from bench.data.tasks import Task
 from bench.measure import decode

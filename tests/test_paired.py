@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from bench.analysis.paired import SCORES_DIR, add_paired_rows, paired_classification, paired_perplexity
+from bench.analysis.paired import SCORES_DIR, paired_classification, paired_perplexity
+from bench.analysis.pairing import add_paired_rows
 from bench.measure import latency
 from bench.measure.latency import LatencyStats, speedup, time_interleaved
 from bench.results.store import Row, append_rows, read_rows
@@ -91,8 +92,9 @@ def test_speedup_interval_resamples_rounds():
 
 
 def _row(cell, compressor, metric, value=1.0):
-    return Row(run_id="r", cell_id=cell, task="t", model="m", compressor=compressor, params="{}", stage=0,
-               device="cpu", runtime="torch", threads=1, metric=metric, value=value, unit="x",
+    return Row(run_id="r", cell_id=cell, task="t", model="m", compressor=compressor, params="{}",
+               stage=int(compressor != "identity"), device="cpu", runtime="torch", threads=1, metric=metric,
+               value=value, unit="x",
                higher_is_better=True)
 
 

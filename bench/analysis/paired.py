@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from bench.measure import Measurement
-from bench.results.store import ERROR, OK, SKIPPED, Row, append_rows, canonical_json, read_manifest, read_rows
 
 SCORES_DIR = "scores"
 BASELINE = "identity"
@@ -151,7 +150,7 @@ def paired_perplexity(base: dict[str, Any], variant: dict[str, Any], n_boot: int
                                "tokens": int(tokens.sum()), "bootstrap": n_boot})]
 
 
-def _quality_key(base: dict[str, Any], variant: dict[str, Any]) -> str | None:
+def quality_key(base: dict[str, Any], variant: dict[str, Any]) -> str | None:
     """Which kept quality scores both cells have: "accuracy", "perplexity" or None."""
     return next((key for key in ("accuracy", "perplexity") if key in base and key in variant), None)
 
@@ -163,7 +162,7 @@ def pair_scores(base: dict[str, Any], variant: dict[str, Any], n_boot: int = PAI
     Raises:
         ValueError: they were scored on different examples (the reason says how).
     """
-    key = _quality_key(base, variant)
+    key = quality_key(base, variant)
     if key == "accuracy":
         return paired_classification(base["accuracy"], variant["accuracy"], n_boot, seed)
     if key == "perplexity":
@@ -181,75 +180,6 @@ def scores_file(run_dir: Path, cell_id: str, stage: int | None = None) -> Path:
 def read_scores(run_dir: Path, cell_id: str, stage: int | None = None) -> dict[str, Any] | None:
     path = scores_file(run_dir, cell_id, stage)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _stage_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, dict], dict[tuple[str, int], dict], set, set]:
-    """(first row of each cell, first ok row of each (cell, stage), (cell, stage)s already paired, failed cells)."""
-    cells: dict[str, dict[str, Any]] = {}
-    stages: dict[tuple[str, int], dict[str, Any]] = {}
-    has_pairs, failed = set(), set()
-    for row in rows:
-        cells.setdefault(row["cell_id"], row)
-        if row["metric"] in PAIRED_METRICS:
-            has_pairs.add((row["cell_id"], row["stage"]))
-        elif row["metric"] == "cell" and row["status"] == ERROR:
-            failed.add(row["cell_id"])  # a skip after some stages keeps those stages' numbers, so only errors
-        elif row["status"] == OK:
-            stages.setdefault((row["cell_id"], row["stage"]), row)
-    return cells, stages, has_pairs, failed
-
-
-def _paired_row(row: dict[str, Any], m: Measurement, details: dict[str, Any]) -> Row:
-    """A row of `m` in the cell and stage of `row`, on that stage's runtime (an ONNX stage's pairs say onnxruntime)."""
-    common = {k: row[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "stage", "device",
-                                  "runtime", "threads")}
-    return Row(**common, metric=m.metric, value=m.value, unit=m.unit, higher_is_better=m.higher_is_better, n=m.n,
-               ci_low=m.ci_low, ci_high=m.ci_high, status=OK, details=canonical_json({**m.extra, **details}))
-
-
-def _unpaired_rows(row: dict[str, Any], metrics: tuple[str, ...], reason: str, details: dict[str, Any]) -> list[Row]:
-    """Skipped rows saying why a pair was refused, so nothing reads the absence as "not measured yet"."""
-    common = {k: row[k] for k in ("run_id", "cell_id", "task", "model", "compressor", "params", "stage", "device",
-                                  "runtime", "threads")}
-    return [Row(**common, metric=metric, value=None, unit=None, higher_is_better=None, status=SKIPPED,
-                reason=reason, details=canonical_json(details)) for metric in metrics]
-
-
-def add_paired_rows(run_dir: Path, n_boot: int | None = None, seed: int | None = None) -> int:
-    """Append paired rows for every ok variant (cell, stage) whose baseline cell has scores and that has none yet.
-
-    The baseline of a cell is the ok identity cell of the same task, model and device; every
-    stage of a chain is paired with it, and its rows carry that stage's runtime. Pairs whose
-    example ids differ get skipped rows with the reason. The bootstrap count and seed are the
-    run's (`paired_bootstrap` of its manifest) unless given. Returns how many (cell, stage)
-    pairs gained rows (paired or refused).
-    """
-    recorded = paired_bootstrap(read_manifest(run_dir))
-    n_boot, seed = n_boot or recorded[0], recorded[1] if seed is None else seed
-    cells, stage_rows, has_pairs, failed = _stage_rows(read_rows(run_dir))
-    baselines = {(r["task"], r["model"], r["device"]): cid for cid, r in cells.items()
-                 if r["compressor"] == BASELINE and cid not in failed}
-    added = 0
-    for cid, first in cells.items():
-        base_id = baselines.get((first["task"], first["model"], first["device"]))
-        if base_id is None or cid == base_id or cid in failed:
-            continue
-        base_scores = read_scores(run_dir, base_id)
-        stages = sorted(stage for c, stage in stage_rows if c == cid)
-        for stage in stages:
-            scores = read_scores(run_dir, cid, None if stage == stages[-1] else stage)
-            if (cid, stage) in has_pairs or base_scores is None or scores is None:
-                continue
-            row, details = stage_rows[(cid, stage)], {"baseline_cell": base_id}
-            try:
-                rows = [_paired_row(row, m, details) for m in pair_scores(base_scores, scores, n_boot, seed)]
-            except ValueError as exc:
-                metrics = PAIRED_METRICS[:3] if _quality_key(base_scores, scores) == "accuracy" else PAIRED_METRICS[3:]
-                rows = _unpaired_rows(row, metrics, f"not paired with the baseline: {exc}", details)
-            if rows:
-                append_rows(run_dir, rows)
-                added += 1
-    return added
 
 
 def companion_gain(companion: dict[str, Any], variant: dict[str, Any], n_boot: int = PAIRED_BOOTSTRAP,
@@ -271,37 +201,3 @@ def companion_gain(companion: dict[str, Any], variant: dict[str, Any], n_boot: i
                            -change.ci_low, extra={"paired": "bootstrap over the same windows", "bootstrap": n_boot,
                                                   "definition": "1 - perplexity / the companion's perplexity"})
     return None
-
-
-def add_companion_rows(run_dir: Path, companions: dict[str, str], n_boot: int | None = None) -> int:
-    """Append `gain_vs_companion` for every ok cell whose companion cell is ok and has scores. Returns how many.
-
-    The row belongs to the cell's last stage (whose scores <cell>.json holds) and its runtime;
-    companions scored on other examples get a skipped row with the reason.
-    """
-    recorded = paired_bootstrap(read_manifest(run_dir))
-    n_boot = n_boot or recorded[0]
-    cells, stage_rows, _, failed = _stage_rows(read_rows(run_dir))
-    done = {row["cell_id"] for row in read_rows(run_dir) if row["metric"] == COMPANION_METRIC}
-    added = 0
-    for cid, other in companions.items():
-        if cid not in cells or other not in cells or cid in done or {cid, other} & failed:
-            continue
-        mine, theirs = read_scores(run_dir, cid), read_scores(run_dir, other)
-        stages = sorted(stage for c, stage in stage_rows if c == cid)
-        if mine is None or theirs is None or not stages:
-            continue
-        row = stage_rows[(cid, stages[-1])]
-        details = {"companion_cell": other, "companion_params": json.loads(cells[other]["params"])}
-        try:
-            measured = companion_gain(theirs, mine, n_boot, recorded[1])
-        except ValueError as exc:
-            append_rows(run_dir, _unpaired_rows(row, (COMPANION_METRIC,), f"not paired with the companion: {exc}",
-                                                details))
-            added += 1
-            continue
-        if measured is None:
-            continue
-        append_rows(run_dir, [_paired_row(row, measured, details)])
-        added += 1
-    return added

@@ -205,7 +205,9 @@ class RunTable:
     def _cell_variants(self, cell_id: str) -> list[Variant]:
         measured = sorted(stage for cid, stage in self._rows_by_key if cid == cell_id)
         first = self._rows_by_key[(cell_id, measured[0])][0]
-        last = configured_last_stage(first["compressor"], parse_details(first.get("params")))
+        recorded = [parse_details(r.get("details")).get("stages_configured") for r in self._cell_rows(cell_id)]
+        last = max([configured_last_stage(first["compressor"], parse_details(first.get("params"))), measured[-1]]
+                   + [n for n in recorded if isinstance(n, int)])
         several = last > 1
         variants = [self._variant(cell_id, stage, last, several) for stage in measured]
         failed = next((v for v in variants if v.status != OK), None)
@@ -216,6 +218,9 @@ class RunTable:
             variant.reason = f"stage {stage} was not measured: {why or 'no reason recorded'}"
             variants.append(variant)
         return variants
+
+    def _cell_rows(self, cell_id: str) -> list[dict[str, Any]]:
+        return [r for (cid, _), rows in self._rows_by_key.items() if cid == cell_id for r in rows]
 
     def _variant(self, cell_id: str, stage: int, last: int, several: bool,
                  rows: list[dict[str, Any]] | None = None) -> Variant:
@@ -228,7 +233,7 @@ class RunTable:
         variant = Variant(cell_id=cell_id, stage=stage, task=first["task"], model=first["model"],
                           device=first["device"], compressor=first["compressor"], params=params,
                           label=label, runtime=first.get("runtime") if isinstance(first.get("runtime"), str) else None,
-                          task_key=first.get("task_key") if isinstance(first.get("task_key"), str) else None,
+                          task_key=parse_details(first.get("details")).get("task_key"),
                           last_stage=last)
         if cell_id in self.labels:
             variant.details["cell_label"] = self.labels[cell_id]

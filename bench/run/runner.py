@@ -22,11 +22,10 @@ from bench.analysis.paired import (
     COMPANIONS,
     PAIRING,
     SCORES_DIR,
-    add_companion_rows,
-    add_paired_rows,
     pairing_settings,
     scores_file,
 )
+from bench.analysis.pairing import add_companion_rows, add_paired_rows
 from bench.config.matrix import CompressorSpec, ConfigError, Matrix, TaskSpec
 from bench.results.store import (
     ERROR,
@@ -189,15 +188,23 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | Sequence[st
     return cells
 
 
+def task_key(task: dict[str, Any]) -> str:
+    """A 12-hex hash of every setting of a task (what a variant and its baseline must share)."""
+    return hashlib.sha256(canonical_json(task).encode()).hexdigest()[:12]
+
+
 def rows_for(run_id: str, cell: dict[str, Any], outcome: CellOutcome) -> list[Row]:
     """The long-table rows of one finished cell.
 
-    Every row's details carry `stages_configured` (0 for the baseline, 1 for a method, a chain's
-    number of stages), so the rows alone tell a chain's configured last stage from its last
+    Every row's details carry `task_key` (`task_key`) and `stages_configured` (0 for the baseline, 1 for
+    a method, a chain's number of stages), so the rows alone tell a chain's configured last stage from its last
     measured one: a chain that stopped early has a skip or error row at the stage where it stopped.
     """
     task, compressor = cell["task"], cell["compressor"]
-    configured = {"stages_configured": cell.get("stages_configured", configured_stages(compressor))}
+    # task_key: the task's settings, hashed, so the run table pairs a variant with the identity cell of the
+    # same settings, never with one of an edited task under the same name
+    configured = {"stages_configured": cell.get("stages_configured", configured_stages(compressor)),
+                  "task_key": task_key(task)}
     common = dict(run_id=run_id, cell_id=cell["id"], task=task["name"], model=task["model"],
                   compressor=compressor["name"], params=canonical_json(compressor["params"]),
                   device=cell["device"],

@@ -31,7 +31,7 @@ from bench.paths import cache_dir
 from bench.zoo import ZooError, publish_directory, verify_cached_dir
 from bench.zoo.vectors import VectorDataset, vector_validation_split
 from compressors.core.base import CLASSIFICATION, TorchModel
-from compressors.shared.artifacts import artifact_architecture
+from compressors.shared.artifact_format import artifact_architecture
 
 INPUT = "pixel_values"  # the batch key of a vector task: (B, D) float32
 TEACHER_INFO = "compbench_teacher.json"
