@@ -127,3 +127,19 @@ def test_a_chain_whose_last_stage_is_unavailable_keeps_its_stages_and_breaks_las
     path = budgets(tmp_path, '[[budget]]\nmatch = "chain*"\nstage = "last"\nmetric = "size_ratio"\nmin = 2.5\n')
     (result,) = check_run(run, load_budgets(path))
     assert result.status == BROKEN and result.variant.stage == 3  # not judged on stage 2's 3x
+
+
+def test_a_speedup_row_keeps_its_rounds_for_a_later_comparison():
+    from bench.measure.latency import LatencyStats, speedup
+
+    base = LatencyStats([2.0, 2.2, 1.0, 1.1, 3.0, 3.3], 1, "cpu", [0, 0, 1, 1, 2, 2])
+    cand = LatencyStats([1.0, 1.1, 0.5, 0.55, 1.0, 1.1], 1, "cpu", [0, 0, 1, 1, 2, 2])
+    measured = speedup(base, cand)
+    assert measured.extra["round_speedups"] == pytest.approx([2.0, 2.0, 3.0])  # per round, median / median
+
+
+def test_every_manifest_records_the_machine_load():
+    from bench.run.provenance import machine_load
+
+    load = machine_load(window_s=0.05)
+    assert len(load["loadavg"]) == 3 and 0 <= load["steal_pct"] <= 100 and 0 <= load["busy_pct"] <= 100

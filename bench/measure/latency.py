@@ -182,7 +182,8 @@ def speedup(baseline: LatencyStats, candidate: LatencyStats, n_boot: int = 1000,
     smaller iteration count without rounds). 95% interval: percentile bootstrap over
     timing ROUNDS (iterations of one round share the machine's state and are not
     independent): each resample draws rounds with replacement, pools both sides'
-    iterations of those rounds and takes the ratio of their medians.
+    iterations of those rounds and takes the ratio of their medians. The details keep each
+    round's own ratio (`round_speedups`).
     """
     base, cand = np.asarray(baseline.times_s), np.asarray(candidate.times_s)
     estimate = float(np.median(base) / np.median(cand))
@@ -201,5 +202,9 @@ def speedup(baseline: LatencyStats, candidate: LatencyStats, n_boot: int = 1000,
         counts = np.bincount(drawn, minlength=int(ids.max()) + 1)
         ratios[b] = np.median(np.repeat(base, counts[base_rounds])) / np.median(np.repeat(cand, counts[cand_rounds]))
     low, high = np.percentile(ratios, [2.5, 97.5])
+    # each round's own ratio of medians, kept so that a later run's speed-up can be compared with this
+    # one on both runs' rounds (`compbench check` against a baseline run)
+    per_round = [float(np.median(base[base_rounds == r]) / np.median(cand[cand_rounds == r])) for r in ids]
     return Measurement("speedup", estimate, RATIO, True, n=len(ids), ci_low=float(low), ci_high=float(high),
-                       extra={"interval": "bootstrap over timing rounds", "iterations": int(min(len(base), len(cand)))})
+                       extra={"interval": "bootstrap over timing rounds", "iterations": int(min(len(base), len(cand))),
+                              "round_speedups": [round(x, 5) for x in per_round]})

@@ -35,6 +35,7 @@ from bench.report.tables import (
     QUALITY_LOSS,
     SLOWER,
     SPEED_WITHIN_NOISE,
+    UNDER_LOAD,
     WITHIN_NOISE,
     columns_for,
     groups,
@@ -267,6 +268,13 @@ def provenance(manifest: dict[str, Any]) -> list[str]:
         cpu = ", ".join(filter(None, [machine.get("cpu", "unknown CPU"), cores, flags]))
         lines.append(f"Machine: {cpu}; GPU: {machine.get('gpu') or 'none'}; "
                      f"threads per runtime: {machine.get('threads', 'not recorded')}.")
+    loads = [(when, manifest[key]) for when, key in (("start", "load_at_start"), ("end", "load_at_end"))
+             if manifest.get(key)]
+    if loads:  # speed-ups are ratios timed in one process, but a busy machine widens their intervals
+        lines.append("Machine load: " + "; ".join(
+            f"at {when} load average {', '.join(map(str, load.get('loadavg', [])))}, "
+            f"{load.get('busy_pct', '?')}% busy, {load.get('steal_pct', '?')}% stolen" for when, load in loads)
+            + f" (a variant flagged '{UNDER_LOAD}' was timed while the baseline against itself excluded 1x).")
     versions = manifest.get("versions") or {}
     present = [f"{name} {versions[name]}" for name in VERSIONED if name in versions]
     if present:

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,35 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def machine_load(window_s: float = 0.5) -> dict[str, Any]:
+    """How busy the machine is: the 1/5/15-minute load averages and the share of CPU time the hypervisor
+    took (steal) and other work used over `window_s`, from /proc/stat. A 2-core machine with a load near
+    2 or steal above a few percent times everything slower and noisier; the report says so."""
+    out: dict[str, Any] = {}
+    try:
+        out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return out
+
+    def ticks() -> list[int] | None:
+        try:
+            first = Path("/proc/stat").read_text().splitlines()[0].split()
+        except (OSError, IndexError):
+            return None
+        return [int(x) for x in first[1:9]]  # user nice system idle iowait irq softirq steal
+
+    before = ticks()
+    if before is None:
+        return out
+    time.sleep(window_s)
+    after = ticks()
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta) or 1
+    out["steal_pct"] = round(100 * delta[7] / total, 1)
+    out["busy_pct"] = round(100 * (total - delta[3] - delta[4]) / total, 1)
+    return out
+
+
 def data_notes(matrix) -> dict[str, dict[str, Any]]:
     """Per text task: what its data held, for the manifest and the report.
 
@@ -112,6 +142,7 @@ def manifest(matrix, run_id: str) -> dict[str, Any]:
         "git_commit": git_commit(),
         "versions": versions(),
         "machine": {**machine(), "threads": matrix.effective_threads()},
+        "load_at_start": machine_load(),
         "seed": matrix.seed,
         "model_notes": {m: list(model_notes(m)) for m in models},
         "file_hashes": {m: file_hashes(m) for m in models},

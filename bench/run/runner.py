@@ -361,6 +361,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     add_companion_rows(run_dir, manifest[COMPANIONS])
 
     manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    manifest["load_at_end"] = provenance.machine_load()
     write_manifest(run_dir, manifest)
     return run_dir
 
