@@ -28,7 +28,7 @@ NO_DEVICE = "no CUDA device on this machine"  # the reason of a cell skipped bec
 # scores format changes meaning: a run of an older version is refused (one line, exit 2) where
 # its numbers would be read as if they were this version's (`check --baseline`, `run --resume`).
 # Runs written before the manifest carried a version are version 0.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: scores keep example ids and full-precision log-probabilities; rows carry task_key
 SCHEMA_KEY = "schema_version"
 
 
