@@ -383,7 +383,7 @@ def test_a_regression_against_the_committed_baseline_is_caught(tmp_path, capsys)
     out = capsys.readouterr().out
     assert code == 1
     (line,) = [line for line in out.splitlines() if line.startswith("BROKEN  ")]
-    assert "int8-dynamic (backend=torch)" in line and "4.17 pt" in line and "3.17 pt over" in line
+    assert "int8-dynamic (backend=torch, int8_settings=auto)" in line and "4.17 pt" in line and "3.17 pt over" in line
     root = ET.parse(junit).getroot()
     assert int(root.get("failures")) == 1 and len(root.findall(".//testcase")) == int(root.get("tests"))
 

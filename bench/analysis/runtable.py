@@ -215,7 +215,7 @@ class RunTable:
             status, why = (failed.status, failed.reason) if failed else ("error", "no rows for it")
             variant = self._variant(cell_id, stage, last, several, rows=[first])
             variant.status = status
-            variant.reason = f"stage {stage} was not measured: {why or 'no reason recorded'}"
+            variant.reason = f"{why or 'no reason recorded'} (stage {stage} was not reached)"
             variants.append(variant)
         return variants
 
