@@ -40,4 +40,4 @@ def test_describe_lists_parameters_with_defaults():
 
 def test_config_is_json_params():
     assert build("int8-dynamic").config.to_params() == {"backend": "torch", "per_channel": True, "compile": False,
-                                                      "include_output": False}
+                                                      "include_output": False, "int8_settings": "auto"}
