@@ -42,7 +42,8 @@ def test_bad_matrix_in_a_real_process(tmp_path):
 def test_short_held_out_text_in_a_real_process(tmp_path):
     # the tokenizer counts tokens here: its "sequence longer than the model" warning must not print
     # four different paragraphs: exact duplicates are dropped before the split (every dataset is deduplicated)
-    (tmp_path / "notes.txt").write_text("\n\n".join([f"Paragraph {i} of notes about the river. " * 80 for i in range(4)]))
+    paragraphs = [f"Paragraph {i} of notes about the river. " * 80 for i in range(4)]
+    (tmp_path / "notes.txt").write_text("\n\n".join(paragraphs))
     path = tmp_path / "m.toml"
     path.write_text(f'[[task]]\nname="notes"\ntype="causal-lm"\nmodel="tiny-gpt2"\ndataset="{tmp_path / "notes.txt"}"\n'
                     'seq_len=2048\nmax_tokens=100000\n[[compressor]]\nname="identity"')
