@@ -143,3 +143,15 @@ def test_every_manifest_records_the_machine_load():
 
     load = machine_load(window_s=0.05)
     assert len(load["loadavg"]) == 3 and 0 <= load["steal_pct"] <= 100 and 0 <= load["busy_pct"] <= 100
+
+
+def test_the_report_flags_speedups_of_a_group_timed_under_load(tmp_path):
+    from bench.report.tables import UNDER_LOAD, variant_table
+    from bench.results.store import load
+
+    loaded = speed_run(tmp_path, "loaded", (2.76, 1.52, 5.67), self_speedup=(1.33, 1.19, 2.07))
+    idle = speed_run(tmp_path, "idle", (2.76, 2.60, 2.93))
+    flags = {name: dict(zip(t["label"], t["flags"], strict=True))
+             for name, t in (("loaded", variant_table(load(loaded))), ("idle", variant_table(load(idle))))}
+    int8 = next(label for label in flags["loaded"] if label.startswith("int8"))
+    assert UNDER_LOAD in flags["loaded"][int8] and UNDER_LOAD not in flags["idle"][int8]

@@ -138,9 +138,12 @@ class RunTable:
             if stage == 0 and row["compressor"] != BASELINE:
                 continue  # a chain's own measurement of the baseline: the identity cell stands for it
             self._rows_by_key.setdefault((row["cell_id"], stage), []).append(row)
+        by_cell: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        for (cell_id, stage), rows in self._rows_by_key.items():
+            by_cell.setdefault(cell_id, {})[stage] = rows
         self.variants: list[Variant] = []
-        for cell_id in dict.fromkeys(k[0] for k in self._rows_by_key):
-            self.variants += self._cell_variants(cell_id)
+        for cell_id, by_stage in by_cell.items():
+            self.variants += self._cell_variants(cell_id, by_stage)
         self._by_key = {v.key: v for v in self.variants}
         self._link_baselines()
 
@@ -188,6 +191,18 @@ class RunTable:
         """The ok identity variant this variant is compared with (same task, model, device, task settings)."""
         return self._baselines.get(_baseline_key(variant))
 
+    def timed_under_load(self, variant: Variant) -> str | None:
+        """Why this variant's speed-up cannot be trusted: its baseline timed against itself in the same
+        process gave an interval that excludes 1x (the machine was busy); None when it did not."""
+        base = self.baseline_of(variant)
+        if base is None or "self_speedup" not in base.details:
+            return None
+        value, ci = base.details["self_speedup"]
+        if not ci or ci[0] <= 1.0 <= ci[1]:
+            return None
+        return (f"timed under load: {base.task}/{base.model}/{base.device} identity against itself "
+                f"{value:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}] excludes 1x")
+
     def scores(self, variant: Variant) -> dict[str, Any] | None:
         """The variant's per-example scores: <cell>.stage<k>.json where a stage has its own file, else
         <cell>.json for the cell's last measured stage."""
@@ -202,48 +217,44 @@ class RunTable:
 
     # ---- building --------------------------------------------------------------------------------
 
-    def _cell_variants(self, cell_id: str) -> list[Variant]:
-        measured = sorted(stage for cid, stage in self._rows_by_key if cid == cell_id)
-        first = self._rows_by_key[(cell_id, measured[0])][0]
-        recorded = [parse_details(r.get("details")).get("stages_configured") for r in self._cell_rows(cell_id)]
+    def _cell_variants(self, cell_id: str, by_stage: dict[int, list[dict[str, Any]]]) -> list[Variant]:
+        measured = sorted(by_stage)
+        first = by_stage[measured[0]][0]
+        recorded = [parse_details(r.get("details")).get("stages_configured") for rows in by_stage.values()
+                    for r in rows]
         last = max([configured_last_stage(first["compressor"], parse_details(first.get("params"))), measured[-1]]
                    + [n for n in recorded if isinstance(n, int)])
-        several = last > 1
-        variants = [self._variant(cell_id, stage, last, several) for stage in measured]
+        variants = []
+        for stage in measured:
+            rows = by_stage[stage]
+            variant = self._bare_variant(rows[0], stage, last)
+            bad = [r for r in rows if r.get("status") != OK and r.get("metric") == CELL]
+            if bad:
+                variant.status, variant.reason = bad[0]["status"], bad[0].get("reason")
+            else:
+                _fill_metrics(variant, rows)
+            variants.append(variant)
         failed = next((v for v in variants if v.status != OK), None)
         for stage in range(measured[-1] + 1, last + 1):  # configured, never reached
-            status, why = (failed.status, failed.reason) if failed else ("error", "no rows for it")
-            variant = self._variant(cell_id, stage, last, several, rows=[first])
-            variant.status = status
+            variant = self._bare_variant(first, stage, last)
+            why = failed.reason if failed else "no rows for it"
+            variant.status = failed.status if failed else "error"
             variant.reason = f"{why or 'no reason recorded'} (stage {stage} was not reached)"
             variants.append(variant)
         return variants
 
-    def _cell_rows(self, cell_id: str) -> list[dict[str, Any]]:
-        return [r for (cid, _), rows in self._rows_by_key.items() if cid == cell_id for r in rows]
-
-    def _variant(self, cell_id: str, stage: int, last: int, several: bool,
-                 rows: list[dict[str, Any]] | None = None) -> Variant:
-        rows = self._rows_by_key.get((cell_id, stage), []) if rows is None else rows
-        first = rows[0]
-        label = variant_label(first["compressor"], first.get("params"))
-        if several and stage > 0:
+    def _bare_variant(self, row: dict[str, Any], stage: int, last: int) -> Variant:
+        """A variant of `row`'s cell at `stage`, with what the row says of where and how, and no numbers."""
+        label = variant_label(row["compressor"], row.get("params"))
+        if last > 1 and stage > 0:
             label += f" · stage {stage}"
-        params = parse_details(first.get("params"))
-        variant = Variant(cell_id=cell_id, stage=stage, task=first["task"], model=first["model"],
-                          device=first["device"], compressor=first["compressor"], params=params,
-                          label=label, runtime=first.get("runtime") if isinstance(first.get("runtime"), str) else None,
-                          task_key=parse_details(first.get("details")).get("task_key"),
-                          last_stage=last)
-        if cell_id in self.labels:
-            variant.details["cell_label"] = self.labels[cell_id]
-        if rows is not self._rows_by_key.get((cell_id, stage)):
-            return variant
-        bad = [r for r in rows if r.get("status") != OK and r.get("metric") == CELL]
-        if bad:
-            variant.status, variant.reason = bad[0]["status"], bad[0].get("reason")
-            return variant
-        _fill_metrics(variant, rows)
+        runtime = row.get("runtime")
+        variant = Variant(cell_id=row["cell_id"], stage=stage, task=row["task"], model=row["model"],
+                          device=row["device"], compressor=row["compressor"], params=parse_details(row.get("params")),
+                          label=label, runtime=runtime if isinstance(runtime, str) else None,
+                          task_key=parse_details(row.get("details")).get("task_key"), last_stage=last)
+        if row["cell_id"] in self.labels:
+            variant.details["cell_label"] = self.labels[row["cell_id"]]
         return variant
 
     def _link_baselines(self) -> None:

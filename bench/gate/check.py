@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.analysis.judge import Bound, judge
 from bench.analysis.paired import paired_classification, paired_perplexity
-from bench.analysis.runtable import RunTable, Variant, interval
+from bench.analysis.runtable import RunTable, Variant, interval, parse_details
 from bench.gate.budgets import METRICS, Budget, BudgetError
 from bench.measure.catalog import BASELINE, format_value
 from bench.results.store import NO_DEVICE, OK, SKIPPED, read_rows
@@ -131,19 +131,6 @@ def outcome(results: list[Result]) -> tuple[int, str]:
     return 0, "every budget holds"
 
 
-def timed_under_load(run: RunTable, variant: Variant) -> str | None:
-    """Why speed-ups of this variant's group cannot be trusted: the baseline timed against itself in the
-    same process gave an interval that excludes 1x (the machine was busy), or None when it did not."""
-    base = run.baseline_of(variant)
-    if base is None or "self_speedup" not in base.details:
-        return None
-    value, ci = base.details["self_speedup"]
-    if not ci or ci[0] <= 1.0 <= ci[1]:
-        return None
-    return (f"timed under load: {base.task}/{base.model}/{base.device} identity against itself "
-            f"{value:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}] excludes 1x")
-
-
 def _matches(budget: Budget, variant: Variant) -> bool:
     if budget.task and variant.task != budget.task:
         return False
@@ -206,10 +193,9 @@ def _check_one(budget: Budget, variant: Variant, run: RunTable, reference: RunTa
     result.value, result.ci = value, ci
     result.status, result.message = _verdict(budget, value, ci)
     if budget.metric == "speedup":
-        load = timed_under_load(run, variant)
-        ref_load = timed_under_load(reference, _counterpart(reference, variant)) \
-            if budget.against == "baseline-run" and reference is not None and _counterpart(reference, variant) \
-            else None
+        load = run.timed_under_load(variant)
+        ref = _counterpart(reference, variant) if budget.against == "baseline-run" else None
+        ref_load = reference.timed_under_load(ref) if ref is not None else None
         if ref_load:
             result.status = BROKEN
             result.message = f"the baseline run was {ref_load}: re-record it on an idle machine"
@@ -301,7 +287,7 @@ def speedup_ratio(row: dict, reference_row: dict, n_boot: int = 1000,
     regression from 2.76x [2.60, 2.93] to 1.20x [1.10, 1.30] gives about 0.43x [0.39, 0.48].
     """
     value = float(row["value"]) / float(reference_row["value"])
-    rounds = [_json(r.get("details")).get("round_speedups") for r in (row, reference_row)]
+    rounds = [parse_details(r.get("details")).get("round_speedups") for r in (row, reference_row)]
     if all(isinstance(x, list) and len(x) >= 2 and min(x) > 0 for x in rounds):
         logs = [np.log(np.asarray(x, dtype=float)) for x in rounds]
         rng = np.random.default_rng(seed)
@@ -347,13 +333,3 @@ def _as_budget(metric: str, value: float, ci: tuple[float, float] | None) -> tup
 def _short(text: str | None, limit: int = 120) -> str:
     line = (text or "no reason recorded").strip().splitlines()[0] if (text or "").strip() else "no reason recorded"
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _json(text) -> dict:
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text) if isinstance(text, str) and text else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -85,10 +85,8 @@ def variant_table(rows: pd.DataFrame) -> pd.DataFrame:
         base = run.baseline_of(variant)
         if base is not None and not variant.is_baseline:
             _compare_with_baseline(table, i, position[base.key])
-        if base is not None and "self_speedup" in base.details and variant.status == OK:
-            _, ci = base.details["self_speedup"]
-            if ci and not ci[0] <= 1.0 <= ci[1]:
-                table.at[i, "flags"] = table.at[i, "flags"] + [UNDER_LOAD]
+        if variant.status == OK and run.timed_under_load(variant):
+            table.at[i, "flags"] = table.at[i, "flags"] + [UNDER_LOAD]
     rank = table.is_baseline.map({True: 0, False: 1}) + (table.status != OK).astype(int) * 2
     return table.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
