@@ -10,18 +10,17 @@ are stored, so a table compares them at equal bits per weight.
 
 Two parts:
 - `gptq_quantize(weight, hessian, ...)` in `gptq_math.py`: the pure math on one weight and its H.
-- the compressor (here): walks the network block by block (the paper's order): the inputs of
-  block i are the outputs of the already-quantized blocks 0..i-1 on the calibration
-  batches, so later layers correct for earlier layers' errors. A network without a
-  list of blocks falls back to every layer's H from the float model at once.
+- the compressor (here): walks the network block by block (the paper's order, through
+  `compressors.shared.sequential`, which SparseGPT shares): the inputs of block i are the
+  outputs of the already-quantized blocks 0..i-1 on the calibration batches, so later layers
+  correct for earlier layers' errors. A network without a list of blocks falls back to every
+  layer's H from the float model at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from compressors.core.base import (
@@ -43,7 +42,9 @@ from compressors.quantize.weight_only import (
     embedding_notes,
     pack_embeddings_,
 )
-from compressors.shared.calibration import collect_linear_inputs
+from compressors.shared.sequential import Replay as _Replay  # noqa: F401 - tests reach it here
+from compressors.shared.sequential import compress_linears_
+from compressors.shared.sequential import input_groups as _input_groups  # noqa: F401 - tests reach it here
 from compressors.shared.surgery import output_layer_ids, set_submodule_
 
 
@@ -113,14 +114,11 @@ class GPTQ(Compressor):
         batches = list(ctx.data.calibration_batches(cfg.calibration_batches))
         if not batches:
             raise CompressorUnavailable("gptq got no calibration batches from the task's train split")
-        walker = _Walker(cfg, skip_ids, ctx.device)
-        blocks = _block_list(module) if cfg.sequential else None
-        sequential = blocks is not None and walker.sequential_(module, blocks, batches)
-        leftover = {id(layer) for layer in module.modules() if type(layer) is nn.Linear and id(layer) not in skip_ids}
-        if leftover:  # no blocks, or Linears outside them (a pooler): H from one pass of the model as it now is
-            walker.quantize_(module, collect_linear_inputs(
-                module, batches, ctx.device, xtx=True, skip=lambda _name, layer: id(layer) not in leftover))
-        if not walker.count:
+        walker = _Walker(cfg)
+        targets = {id(layer) for layer in module.modules() if type(layer) is nn.Linear and id(layer) not in skip_ids}
+        count, sequential = compress_linears_(module, batches, ctx.device, targets, walker.quantize_,
+                                              cfg.sequential, cfg.true_sequential)
+        if not count:
             raise CompressorUnavailable("gptq found no nn.Linear layer to quantize in this model")
         tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                      for b in batches)
@@ -129,22 +127,18 @@ class GPTQ(Compressor):
         if walker.raised:
             notes += (f"GPTQ raised the damping of {len(walker.raised)} layers to keep X^T X invertible",)
         quantized = model.replace(module=module, device=ctx.device, notes=notes)
-        quantized.provenance = {"quantized_linears": walker.count, "calibration_batches": len(batches),
+        quantized.provenance = {"quantized_linears": count, "calibration_batches": len(batches),
                                 "calibration_tokens": tokens, "sequential": sequential,
                                 "damping_raised": walker.raised, **embeddings}
         return quantized
 
 
 class _Walker:
-    """Applies `gptq_quantize` to the Linears of a module and swaps in PackedLinears."""
+    """Applies `gptq_quantize` to the Linears the shared walk hands over and swaps in PackedLinears."""
 
-    def __init__(self, cfg: GPTQConfig, skip_ids: set[int], device: str):
-        self.cfg, self.skip_ids, self.device = cfg, skip_ids, device
-        self.count = 0
+    def __init__(self, cfg: GPTQConfig):
+        self.cfg = cfg
         self.raised: dict[str, float] = {}
-
-    def skip(self, _name: str, layer: nn.Linear) -> bool:
-        return id(layer) in self.skip_ids
 
     def quantize_(self, root: nn.Module, stats: dict, prefix: str = "") -> None:
         """Replace each Linear named in `stats` (names relative to `root`) by its GPTQ PackedLinear;
@@ -161,157 +155,3 @@ class _Walker:
             if result.damping != cfg.damping:
                 self.raised[full] = result.damping
             set_submodule_(root, name, PackedLinear(result.quantized, layer.bias))
-            self.count += 1
-
-    def sequential_(self, module: nn.Module, blocks: tuple[str, nn.ModuleList], batches: list[dict]) -> bool:
-        """Block by block: H of block i's Linears from the outputs of quantized blocks 0..i-1.
-        Returns False (nothing changed) when the blocks do not feed each other directly."""
-        list_name, layers = blocks
-        records = _block_inputs(module, layers, batches, self.device)
-        if records is None:
-            return False
-        masks = [{"attention_mask": b["attention_mask"]} if "attention_mask" in b else {} for b in batches]
-        for index, block in enumerate(layers):
-            replay = _Replay(block, records).train(block.training)  # the collector restores this mode
-            replay_batches = [{"index": torch.tensor(i), **mask} for i, mask in enumerate(masks)]
-            groups = _input_groups(replay, replay_batches[0], self.skip) if self.cfg.true_sequential else [None]
-            for group in groups:  # None: every Linear of the block from one pass
-                def skip(name, layer, group=group):
-                    return self.skip(name, layer) or (group is not None and name not in group)
-                stats = collect_linear_inputs(replay, replay_batches, self.device, xtx=True, skip=skip)
-                self.quantize_(replay, stats, prefix=f"{list_name}.{index}.")
-            with torch.inference_mode():
-                records = [_with_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in records]
-        return True
-
-
-def _input_groups(replay: nn.Module, batch: dict, skip: Callable[[str, nn.Linear], bool]) -> list[set[str]]:
-    """The block's Linears in the order the forward calls them, grouped by shared input
-    (Llama: q/k/v, then o, then gate/up, then down). Quantizing group by group, each
-    group's X^T X is taken on the outputs of the groups already quantized ("true
-    sequential" in the GPTQ reference code), so a layer also corrects the error of the
-    layers before it inside the block."""
-    calls: list[tuple[str, torch.Tensor]] = []
-    handles = [layer.register_forward_pre_hook(lambda _m, args, name=name: calls.append((name, args[0])))
-               for name, layer in replay.named_modules() if type(layer) is nn.Linear and not skip(name, layer)]
-    try:
-        with torch.inference_mode():
-            replay(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    groups: list[set[str]] = []
-    previous = None
-    for name, x in calls:
-        if groups and x is previous:
-            groups[-1].add(name)
-        elif not any(name in g for g in groups):
-            groups.append({name})
-        previous = x
-    return groups
-
-
-class _Replay(nn.Module):
-    """Runs one block on recorded inputs, so the shared collector can hook its Linears:
-    `forward(index)` replays record `index` (the attention mask only tells the collector
-    which tokens are padding)."""
-
-    def __init__(self, block: nn.Module, records: list[tuple[tuple, dict]]):
-        super().__init__()
-        self.block, self.records = block, records
-
-    def forward(self, index: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        args, kwargs = self.records[int(index)]
-        return self.block(*args, **kwargs)
-
-
-class _Captured(Exception):
-    """Stops the forward once the first block's inputs are recorded."""
-
-
-def _block_list(module: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The network's repeated blocks: the ModuleList holding the most Linears, each entry
-    holding some (Llama `model.layers`, GPT-2 `transformer.h`, BERT `encoder.layer`)."""
-    best, most = None, 0
-    for name, sub in module.named_modules():
-        if not isinstance(sub, nn.ModuleList):
-            continue
-        if len(sub) < 2 or any(type(child) is nn.Linear for child in sub):
-            continue  # bare Linears in a list are usually not chained output -> input
-        per_block = [sum(type(m) is nn.Linear for m in child.modules()) for child in sub]
-        if min(per_block) > 0 and sum(per_block) > most:
-            best, most = (name, sub), sum(per_block)
-    return best
-
-
-def _no_cache(value):
-    """A key/value cache object would grow on every replay: record None instead."""
-    try:
-        from transformers.cache_utils import Cache
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return value
-    return None if isinstance(value, Cache) else value
-
-
-def _block_inputs(module: nn.Module, layers: nn.ModuleList, batches: list[dict], device: str
-                  ) -> list[tuple[tuple, dict]] | None:
-    """(args, kwargs) the first block receives for each calibration batch, or None when the
-    blocks are not chained (block 0's output on the first batch is not block 1's input)."""
-    records: list[tuple[tuple, dict]] = []
-    second: list[tuple[tuple, dict]] = []
-
-    def recorder(into: list, stop: bool):
-        def record(_module, args, kwargs):
-            kwargs = {key: _no_cache(value) for key, value in kwargs.items()}
-            if "use_cache" in kwargs:
-                kwargs["use_cache"] = False
-            into.append((tuple(_no_cache(a) for a in args), kwargs))
-            if stop:
-                raise _Captured
-        return record
-
-    handles = [layers[0].register_forward_pre_hook(recorder(records, False), with_kwargs=True),
-               layers[1].register_forward_pre_hook(recorder(second, True), with_kwargs=True)]
-    accepts_use_cache = "use_cache" in _parameters(module.forward)
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                inputs = {k: v.to(device) for k, v in batch.items()}
-                if accepts_use_cache:
-                    inputs["use_cache"] = False
-                try:
-                    module(**inputs)
-                except _Captured:
-                    pass
-            if len(records) != len(batches) or len(second) != len(batches):
-                return None
-            args, kwargs = records[0]
-            chained = _hidden(layers[0](*args, **kwargs))
-            expected = second[0][0][0] if second[0][0] else second[0][1].get("hidden_states")
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not isinstance(expected, torch.Tensor) or chained.shape != expected.shape:
-        return None
-    return records if torch.allclose(chained, expected, rtol=1e-4, atol=1e-5) else None
-
-
-def _parameters(function: Callable) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(function).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _hidden(output):
-    """A block's hidden states: the output itself or the first item of a tuple."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    """The next block's inputs: the same arguments with the new hidden states."""
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
