@@ -78,6 +78,19 @@ def test_absent_device_gives_skipped_rows(tiny_run):
     assert cuda.reason.str.contains("no CUDA").all()
 
 
+def test_every_stage_says_where_its_time_went(tiny_run):
+    frame = load(tiny_run / "results" / "t1")
+    rows = frame[(frame.metric == "compress_seconds") & (frame.status == "ok")]
+    phases = [json.loads(details)["phases"] for details in rows.details]
+    assert len(phases) == 4
+    for cell_phases, task in zip(phases, rows.task, strict=True):
+        expected = {"load", "compress", "save", "timing", "quality"} | ({"decode"} if task == "lm-bbc" else set())
+        assert set(cell_phases) == expected and all(seconds >= 0 for seconds in cell_phases.values())
+        assert cell_phases["timing"] > 0 and cell_phases["quality"] > 0
+    report = (tiny_run / "reports" / "t1" / "index.md").read_text()
+    assert "## Where the time went" in report and "| quality (s) |" in report
+
+
 def test_manifest_and_report(tiny_run):
     manifest = json.loads((tiny_run / "results" / "t1" / "manifest.json").read_text())
     assert manifest["versions"]["torch"].startswith("2.13")

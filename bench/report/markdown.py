@@ -43,6 +43,7 @@ from bench.report.tables import (
     sample_note,
     variant_table,
 )
+from bench.report.timing import phase_frame, time_rows, time_summary
 from bench.results.store import OK, load, read_manifest
 
 VERSIONED = ("torch", "transformers", "onnxruntime", "optimum", "torchao", "bitsandbytes", "torch-pruning")
@@ -127,7 +128,17 @@ def build_document(run_dir: Path) -> list[Block]:
     notes = manifest.get("model_notes") or {}
     for task in frame.task.drop_duplicates():
         blocks += task_section(task, frame[frame.task == task], notes, Path(run_dir))
-    return blocks + [Heading(2, "How to read these numbers"), Paragraph(HOW_TO_READ)]
+    return blocks + time_section(frame) + [Heading(2, "How to read these numbers"), Paragraph(HOW_TO_READ)]
+
+
+def time_section(frame: pd.DataFrame) -> list[Block]:
+    """Where the run's time went: a summary sentence and the slowest cells by phase (none for older runs)."""
+    table = phase_frame(frame)
+    if table.empty:
+        return []
+    header, rows = time_rows(table)
+    intro = f"The {len(rows)} slowest cells, wall seconds per phase (a chain's stages summed)."
+    return [Heading(2, "Where the time went"), Paragraph(time_summary(table)), Paragraph(intro), Table(header, rows)]
 
 
 def task_section(task: str, rows: pd.DataFrame, model_notes: dict[str, list[str]],

@@ -77,6 +77,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
     from bench.data.vector_task import VectorTask, is_vector_task
     from bench.measure.latency import latency_measurements, speedup, time_interleaved
     from bench.measure.memory import memory_measurement, reset_peak_memory
+    from bench.measure.phases import PhaseClock
     from bench.measure.size import size_measurements
     from bench.zoo import LoadPolicy
     from bench.zoo.models import load_model
@@ -89,14 +90,16 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
 
-    train, test = load_splits(spec, seed)
-    policy = LoadPolicy(cell.get("trust_remote_code", False), cell.get("allow_pickle", False))
-    baseline = load_model(spec.model, spec.type, train_data=train, max_length=spec.max_length, seed=seed,
-                          progress=False, policy=policy)
-    if is_vector_task(spec):
-        task = VectorTask(spec, train, test, seed=seed)
-    else:
-        task = Task(spec, train, test, baseline.tokenizer, seed=seed)
+    clock = PhaseClock()  # each stage's phases go into its compress_seconds row (details "phases")
+    with clock.phase("load"):  # data, the baseline (a teacher's fine-tune when not cached), tokenization
+        train, test = load_splits(spec, seed)
+        policy = LoadPolicy(cell.get("trust_remote_code", False), cell.get("allow_pickle", False))
+        baseline = load_model(spec.model, spec.type, train_data=train, max_length=spec.max_length, seed=seed,
+                              progress=False, policy=policy)
+        if is_vector_task(spec):
+            task = VectorTask(spec, train, test, seed=seed)
+        else:
+            task = Task(spec, train, test, baseline.tokenizer, seed=seed)
     compressor = build(comp.name, comp.params)
     multi = compressor.stage_count() > 1
     last_stage = first_stage(cell) + compressor.stage_count() - 1
@@ -115,6 +118,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
             if device == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
+            clock.add("compress", seconds)
             extra = _notes(compressed, previous_notes)
             previous_notes = list(compressed.notes)
             if multi:
@@ -128,23 +132,28 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
             measured = [Measurement("compress_seconds", seconds, "s", False, n=1, extra=extra)]
             # saved before any forward: some 4-bit formats corrupt when saved after one; into an empty
             # folder, as a kept artifact's folder may hold an earlier attempt's files (counted in size_bytes)
-            artifact = compressed.save(empty_directory(keep or Path(scratch) / f"stage-{stage}"))
-            measured += size_measurements(compressed, artifact)
-            timings = time_interleaved(
-                {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
-                device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
-                min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
+            with clock.phase("save"):
+                artifact = compressed.save(empty_directory(keep or Path(scratch) / f"stage-{stage}"))
+                measured += size_measurements(compressed, artifact)
+            with clock.phase("timing"):
+                timings = time_interleaved(
+                    {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
+                    device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
+                    min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
             measured += latency_measurements(timings["compressed"], extra=shape)
             measured.append(speedup(timings["baseline"], timings["compressed"]))
             if spec.type == CAUSAL_LM:
-                measured += _decode(task, reference, compressed, device)
+                with clock.phase("decode"):
+                    measured += _decode(task, reference, compressed, device)
             if stage == last_stage:  # nothing later needs the baseline: score without it in memory
                 models.close()
                 del reference, baseline, ctx
                 gc.collect()
             memory_reset = reset_peak_memory(device)
-            quality = task.evaluate(compressed, bootstrap=cell["bootstrap"])
+            with clock.phase("quality"):
+                quality = task.evaluate(compressed, bootstrap=cell["bootstrap"])
             memory = memory_measurement(device, reset=memory_reset)
+            extra["phases"] = clock.take()  # measured[0] holds `extra`: its row carries the stage's phases
             if stage != last_stage:
                 memory.extra["note"] = "the baseline was held in memory too (later stages need it)"
             measured += [*quality, memory]
