@@ -156,10 +156,11 @@ def test_fp32_export_matches_torch(bert, bert_variants, tokenizer):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_causal_lm_export_gives_only_logits_and_matches_torch(arch, tokenizer, ctx):
+def test_causal_lm_export_gives_logits_and_cache_and_matches_torch(arch, tokenizer, ctx):
     model = causal_lm(arch, tokenizer)
     exported = build("onnx").compress(model, ctx)
-    assert [o.name for o in exported.session.get_outputs()] == ["logits"]  # no KV cache outputs
+    # logits first, then the KV cache (tests/test_onnx_decode.py checks decoding through it)
+    assert [o.name for o in exported.session.get_outputs()][:3] == ["logits", "present.0.key", "present.0.value"]
     batch = eval_batch(tokenizer)  # right padding, sequence length other than the traced one
     reference, logits = model.forward(batch), exported.forward(batch)
     assert logits.shape == reference.shape == (*batch["input_ids"].shape, len(tokenizer))

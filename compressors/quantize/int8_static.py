@@ -28,6 +28,7 @@ from compressors.core.base import (
 from compressors.core.registry import register
 from compressors.quantize.int8_dynamic import OUTLIER_NOTE
 from compressors.runtimes.cpu_features import INT8_SETTINGS, int8_settings
+from compressors.runtimes.kv_decode import CacheShape, full_sequence_feed
 from compressors.runtimes.onnx_export import new_graph_path, to_onnx
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -62,9 +63,15 @@ class Int8StaticConfig(CompressorConfig):
         check_choice("quant_format", self.quant_format, FORMATS)
 
 
-def calibration_feeds(batches: Iterable[Batch], input_names: list[str]) -> list[dict[str, np.ndarray]]:
-    """The graph's inputs (and only those) of each batch, as int64 arrays."""
-    return [{name: batch[name].cpu().numpy().astype(np.int64) for name in input_names} for batch in batches]
+def calibration_feeds(batches: Iterable[Batch], input_names: list[str],
+                      cache: CacheShape | None = None) -> list[dict[str, np.ndarray]]:
+    """The graph's inputs (and only those) of each batch, as int64 arrays; for a KV graph (`cache`
+    given) with position ids and an empty past, so each batch is calibrated as one whole prefill."""
+    feeds = [{name: batch[name].cpu().numpy().astype(np.int64) for name in input_names if name in batch}
+             for batch in batches]
+    if cache is not None:
+        feeds = [full_sequence_feed(f["input_ids"], f["attention_mask"], cache) for f in feeds]
+    return [{name: f[name] for name in input_names} for f in feeds]
 
 
 def feeds_sha256(feeds: list[dict[str, np.ndarray]]) -> str:
@@ -110,7 +117,8 @@ class Int8Static(Compressor):
         cfg = self.config
         settings = int8_settings(cfg.int8_settings)
         source = to_onnx(model, ctx)
-        feeds = calibration_feeds(ctx.data.calibration_batches(cfg.calibration_batches), source.input_names)
+        feeds = calibration_feeds(ctx.data.calibration_batches(cfg.calibration_batches), source.input_names,
+                                  source.cache)
         if not feeds:
             raise CompressorUnavailable("int8-static: the task gave no calibration batches")
         target = new_graph_path(ctx.work_dir, "onnx-int8-static")

@@ -1,9 +1,13 @@
 """Export a torch model to ONNX with the TorchScript exporter.
 
 The dynamo exporter's output breaks ONNX Runtime's quantization (shape inference),
-so `dynamo=False` (checked with torch 2.13 / onnxruntime 1.31). The graph takes
+so `dynamo=False` (checked with torch 2.13 / onnxruntime 1.31). A classifier's graph takes
 `input_ids` and `attention_mask` (int64, batch and sequence axes dynamic) and has one
-output, `logits`.
+output, `logits`. A causal LM's graph also takes `position_ids` and a KV cache and returns
+the grown cache, in optimum's naming (the interface is spelled out in `kv_decode`), so that
+decoding runs one token per call. The exporter is driven through our own wrapper rather than
+optimum's: it traces whatever module it is given (pruned, re-headed, distilled) offline, and
+the cache shape is read from the module's own output, not from its config.
 """
 
 from __future__ import annotations
@@ -21,6 +25,23 @@ from compressors.runtimes.onnx_model import TRANSPOSED_COPIES_KEY, OnnxModel
 
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
+_TRACE_PAST = 3  # past length of the traced example: nonzero so no axis is specialised to 0
+
+
+def _additive_mask(attention_mask: torch.Tensor, new_tokens: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, P+T) 0/1 mask -> (B, 1, T, P+T) additive mask, causal over the P+T keys.
+
+    transformers >= 4.53 builds the causal mask with torch.vmap, which the TorchScript tracer cannot
+    follow ("unordered_map::at"); a 4D mask is used as given, so it is built here from plain ops.
+    Additive (0 / finfo.min, not -inf: a fully padded row stays finite) suits eager and SDPA alike.
+    """
+    total = attention_mask.shape[1]
+    keys = torch.arange(total, device=attention_mask.device)
+    queries = keys[total - new_tokens:]  # query t sits at key position P + t
+    causal = keys[None, :] <= queries[:, None]  # (T, P+T)
+    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T, P+T)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 class _LogitsOnly(nn.Module):
@@ -33,16 +54,54 @@ class _LogitsOnly(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.causal:
             return self.module(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).logits
-        # transformers >= 4.53 builds the causal mask with torch.vmap, which the TorchScript
-        # tracer cannot follow ("unordered_map::at"); a 4D mask is used as given, so build
-        # it here from plain ops. Additive (0 / finfo.min) suits eager and SDPA attention alike.
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        causal = positions[None, :] <= positions[:, None]  # (T, T): query row sees keys up to itself
-        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T, T)
-        dtype = next(self.module.parameters()).dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
-        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = _additive_mask(attention_mask, input_ids.shape[1], next(self.module.parameters()).dtype)
         return self.module(input_ids=input_ids, attention_mask=mask, use_cache=False, return_dict=True).logits
+
+
+class _WithCache(nn.Module):
+    """(input_ids, attention_mask, position_ids, k0, v0, k1, v1, ...) -> (logits, k0', v0', ...).
+
+    The flat past becomes a DynamicCache (its update is a plain concat along the sequence axis,
+    which traces); the grown cache comes back flat, layer by layer, key before value.
+    """
+
+    def __init__(self, module: nn.Module, layers: int):
+        super().__init__()
+        self.module, self.layers = module, layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        mask = _additive_mask(attention_mask, input_ids.shape[1], next(self.module.parameters()).dtype)
+        out = self.module(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True, return_dict=True)
+        return (out.logits, *(t for layer in _cache_layers(out.past_key_values) for t in layer))
+
+
+def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(key, value) per layer of a transformers cache (a Cache object or the legacy tuple of pairs)."""
+    if cache is None:
+        return []
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache]
+
+
+def _probe_cache(module: nn.Module, example: Batch) -> list[tuple[int, ...]] | None:
+    """The (kv_heads, head_dim) of each layer's cache, read from one cached forward of `module`,
+    or None when the module returns no cache (then it is exported without one)."""
+    ids = example["input_ids"][:1, :2]
+    try:
+        with torch.no_grad():
+            out = module(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, return_dict=True)
+    except TypeError:  # a forward without use_cache
+        return None
+    layers = _cache_layers(getattr(out, "past_key_values", None))
+    return [(k.shape[1], k.shape[3]) for k, _ in layers] or None
 
 
 def example_batch(ctx: CompressContext) -> Batch:
@@ -58,27 +117,53 @@ def example_batch(ctx: CompressContext) -> Batch:
 def export_onnx(model: TorchModel, path: Path, example: Batch) -> int:
     """Write `model` as an fp32 ONNX graph at `path` (CPU, opset 17, batch and sequence axes dynamic).
 
-    Works for sequence classifiers and causal LMs (exported without a KV cache, so `logits`
-    is the only output). A weight the exporter has to store twice (a tied embedding and LM
-    head) is recorded in the file's metadata so that parameter counts see it once.
+    A sequence classifier maps (input_ids, attention_mask) to `logits`. A causal LM is exported
+    with its KV cache in the interface `kv_decode` documents (position_ids, past_key_values.{i}.key
+    / .value in, logits and present.{i}.key / .value out); a causal module that returns no cache
+    falls back to the logits-only graph. A weight the exporter has to store twice (a tied
+    embedding and LM head) is recorded in the file's metadata so that parameter counts see it once.
 
     Returns:
         How many weights the file stores a second time (0 when none).
     """
     module = model.clone_module().cpu().float().eval()
+    example = {name: example[name].cpu() for name in INPUTS}
+    cache = _probe_cache(module, example) if model.kind == CAUSAL_LM else None
+    path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh wrapper is in training mode and export restores the mode it found, which
     # would switch dropout on in the module: put the wrapper in eval mode too.
-    wrapper = _LogitsOnly(module, model.kind == CAUSAL_LM).eval()
-    axes = {0: "batch", 1: "sequence"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    inputs = tuple(example[name].cpu() for name in INPUTS)
+    if cache is None:
+        wrapper = _LogitsOnly(module, model.kind == CAUSAL_LM).eval()
+        inputs, names, outputs = tuple(example[n] for n in INPUTS), list(INPUTS), ["logits"]
+        axes = {0: "batch", 1: "sequence"}
+        dynamic = {"input_ids": axes, "attention_mask": axes, "logits": axes}
+    else:
+        wrapper = _WithCache(module, len(cache)).eval()
+        inputs, names, outputs, dynamic = _cached_example(example, cache)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow in HF models
-        torch.onnx.export(
-            wrapper, inputs, str(path), dynamo=False, input_names=list(INPUTS), output_names=["logits"],
-            opset_version=OPSET, dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
-        )
+        torch.onnx.export(wrapper, inputs, str(path), dynamo=False, input_names=names, output_names=outputs,
+                          opset_version=OPSET, dynamic_axes=dynamic)
     return _record_transposed_copies(path)
+
+
+def _cached_example(example: Batch, cache: list[tuple[int, ...]]):
+    """Traced inputs (a past of _TRACE_PAST random steps before the example), names and dynamic axes."""
+    ids, mask = example["input_ids"], example["attention_mask"]
+    batch, length = ids.shape
+    generator = torch.Generator().manual_seed(0)
+    past = [torch.randn(batch, heads, _TRACE_PAST, dim, generator=generator) for heads, dim in cache for _ in "kv"]
+    mask = torch.cat([torch.ones(batch, _TRACE_PAST, dtype=mask.dtype), mask], dim=1)
+    positions = torch.arange(_TRACE_PAST, _TRACE_PAST + length).expand(batch, length)
+    past_names = [f"past_key_values.{i}.{part}" for i in range(len(cache)) for part in ("key", "value")]
+    present_names = [f"present.{i}.{part}" for i in range(len(cache)) for part in ("key", "value")]
+    new = {0: "batch", 1: "sequence"}
+    dynamic = {"input_ids": new, "position_ids": new, "logits": new,
+               "attention_mask": {0: "batch", 1: "total_sequence"},
+               **{name: {0: "batch", 2: "past_sequence"} for name in past_names},
+               **{name: {0: "batch", 2: "total_sequence"} for name in present_names}}
+    names = ["input_ids", "attention_mask", "position_ids", *past_names]
+    return (ids, mask, positions, *past), names, ["logits", *present_names], dynamic
 
 
 def _record_transposed_copies(path: Path) -> int:

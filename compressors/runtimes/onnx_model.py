@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from compressors.core.base import Batch, CompressorUnavailable, Model, ModelInfo
+from compressors.runtimes.kv_decode import CacheShape, cache_shape, full_sequence_feed, greedy_decode, has_kv_cache
 from compressors.shared.artifact_format import write_info
 
 TRANSPOSED_COPIES_KEY = "compbench.transposed_copies"
@@ -56,6 +57,7 @@ class OnnxModel(Model):
         path: the .onnx file.
         threads: intra-op threads of the session.
         hf_config: the Hugging Face config of the model it was exported from (saved with the artifact).
+        cache: the KV cache a causal LM's graph takes (see `kv_decode`), None for a graph without one.
         provenance: protocol details the runner records in the rows' params (e.g. the calibration set's hash).
     """
 
@@ -68,8 +70,15 @@ class OnnxModel(Model):
         _check_device(device)
         self.path, self.threads, self.hf_config = Path(path), threads, hf_config
         self.provenance = dict(provenance or {})
-        self.session = _session(self.path, threads, device)
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._open()
+
+    def _open(self) -> None:
+        self.session = _session(self.path, self.threads, self.device)
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.cache: CacheShape | None = None
+        if has_kv_cache(self.input_names):
+            self.cache = cache_shape({i.name: i.shape for i in inputs}, dtype=_cache_dtype(inputs))
 
     def with_file(self, path: str | Path, **changes: Any) -> OnnxModel:
         """Another graph of the same model (e.g. its quantized version): name, kind, tokenizer,
@@ -79,18 +88,49 @@ class OnnxModel(Model):
         new.provenance = dict(changes.pop("provenance", self.provenance))
         for key, value in changes.items():
             setattr(new, key, value)
-        new.session = _session(new.path, new.threads, new.device)
-        new.input_names = [i.name for i in new.session.get_inputs()]
+        new._open()
         return new
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        missing = [name for name in self.input_names if name not in batch]
+    def feed(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The graph's inputs for scoring `batch` whole: its own tensors as int64 and, for a KV graph,
+        position ids and an empty (P = 0) past, so a cached graph scores exactly as one without a cache.
+
+        Raises:
+            ValueError: the batch lacks a token input the graph declares.
+        """
+        tokens = [name for name in self.input_names if self.cache is None or name in ("input_ids", "attention_mask")]
+        missing = [name for name in tokens if name not in batch]
         if missing:
             raise ValueError(f"batch lacks input(s) {', '.join(missing)} that {self.path.name} declares")
         # Feed only what the graph declares: ORT rejects unknown inputs (e.g. token_type_ids).
-        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64) for name in self.input_names}
-        (logits,) = self.session.run(["logits"], feed)
+        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64) for name in tokens}
+        if self.cache is None:
+            return feed
+        full = full_sequence_feed(feed["input_ids"], feed["attention_mask"], self.cache)
+        return {name: value for name, value in full.items() if name in self.input_names}
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        (logits,) = self.session.run(["logits"], self.feed(batch))
         return torch.from_numpy(logits).float().to(self.device)
+
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Greedy generation of exactly `new_tokens` tokens after `input_ids` (1, T), reusing the graph's
+        KV cache (`kv_decode.greedy_decode`): a prefill call, then one call per token.
+
+        Raises:
+            NotImplementedError: the graph was exported without a KV cache (a classifier, or an LM
+                module that returns no cache).
+        """
+        if self.cache is None:
+            raise NotImplementedError(f"{self.path.name} has no KV cache inputs (past_key_values.*): "
+                                      "only a causal LM exported with its cache can generate")
+
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(output_names, self.session.run(output_names, feed), strict=True))
+
+        output_names = [o.name for o in self.session.get_outputs()]
+        tokens = greedy_decode(run, self.input_names, self.cache, input_ids.detach().cpu().numpy(), new_tokens)
+        return torch.from_numpy(tokens).to(self.device)
 
     def to(self, device: str) -> OnnxModel:
         if device == self.device:
@@ -135,8 +175,12 @@ class OnnxModel(Model):
         graph = model.graph
         initializers = {init.name for init in graph.initializer}
         values = initializers | {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
-        params = nonzero = 0
+        from compressors.runtimes.matmul_nbits import nbits_counts
+
+        params, nonzero, block_quantized = nbits_counts(graph)  # MatMulNBits / GatherBlockQuantized: K * N each
         for init in graph.initializer:
+            if init.name in block_quantized:
+                continue
             stem = init.name.removesuffix("_scale").removesuffix("_zero_point")
             if init.name.endswith(_QUANT_PARAM_SUFFIXES) and (stem in values or stem + _QUANTIZED_SUFFIX in values):
                 continue  # scale or zero point of a tensor of this graph (or of a weight it quantized)
@@ -149,6 +193,13 @@ class OnnxModel(Model):
             nonzero += int(np.count_nonzero(array))
         copies = transposed_copies(model)
         return ModelInfo(params=params - copies, nonzero_params=nonzero - copies)
+
+
+def _cache_dtype(inputs: list[Any]) -> type:
+    """numpy type of the graph's past_key_values inputs (ORT spells them 'tensor(float)', ...)."""
+    kinds = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+    past = next(i for i in inputs if i.name.startswith("past_key_values."))
+    return kinds.get(past.type, np.float32)
 
 
 def transposed_copies(model: Any) -> int:
