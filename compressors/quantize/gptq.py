@@ -42,9 +42,15 @@ from compressors.quantize.weight_only import (
     embedding_notes,
     pack_embeddings_,
 )
-from compressors.shared.sequential import Replay as _Replay  # noqa: F401 - tests reach it here
+
+# The walk's pieces live in compressors.shared.sequential (SparseGPT shares them); the old private
+# names stay importable from here for code written before the move (tests, awq.py).
+from compressors.shared.sequential import Replay as _Replay  # noqa: F401
+from compressors.shared.sequential import block_inputs as _block_inputs  # noqa: F401
 from compressors.shared.sequential import compress_linears_
-from compressors.shared.sequential import input_groups as _input_groups  # noqa: F401 - tests reach it here
+from compressors.shared.sequential import hidden as _hidden  # noqa: F401
+from compressors.shared.sequential import input_groups as _input_groups  # noqa: F401
+from compressors.shared.sequential import with_hidden as _with_hidden  # noqa: F401
 from compressors.shared.surgery import output_layer_ids, set_submodule_
 
 

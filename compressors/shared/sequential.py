@@ -79,7 +79,7 @@ def _walk_blocks_(module: nn.Module, blocks: tuple[str, nn.ModuleList], batches:
             if stats:
                 apply_(replay, stats, f"{list_name}.{index}.")
         with torch.inference_mode():
-            records = [_with_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in records]
+            records = [with_hidden(args, kwargs, hidden(block(*args, **kwargs))) for args, kwargs in records]
     return True
 
 
@@ -184,7 +184,7 @@ def block_inputs(module: nn.Module, layers: nn.ModuleList, batches: list[dict], 
             if len(records) != len(batches) or len(second) != len(batches):
                 return None
             args, kwargs = records[0]
-            chained = _hidden(layers[0](*args, **kwargs))
+            chained = hidden(layers[0](*args, **kwargs))
             expected = second[0][0][0] if second[0][0] else second[0][1].get("hidden_states")
     finally:
         for handle in handles:
@@ -201,13 +201,13 @@ def _parameters(function: Callable) -> set[str]:
         return set()
 
 
-def _hidden(output):
+def hidden(output):
     """A block's hidden states: the output itself or the first item of a tuple."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+def with_hidden(args: tuple, kwargs: dict, states: torch.Tensor) -> tuple[tuple, dict]:
     """The next block's inputs: the same arguments with the new hidden states."""
     if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
+        return (states, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": states}
