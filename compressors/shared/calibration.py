@@ -4,6 +4,7 @@ Wanda, activation-aware and whitened SVD, GPTQ and static quantization all read.
 For each hooked Linear with input x of shape (..., in):
     sum_sq[j] = sum over tokens of x[..., j]^2   -> channel norm ||X_j|| = sqrt(sum_sq[j])
     xtx       = X^T X, (in, in), float64          (only when asked: it is in^2 numbers per layer)
+    abs_max[j] = max over tokens of |x[..., j]|   (SmoothQuant's activation range)
     tokens    = how many input rows (tokens) were seen
 Padding positions are excluded when the batch carries an attention mask, so short texts
 padded to max_length do not flood the statistics with pad-token activations.
@@ -27,6 +28,7 @@ class LinearInputStats:
     sum_sq: torch.Tensor       # (in,) float64
     tokens: int
     xtx: torch.Tensor | None   # (in, in) float64, or None
+    abs_max: torch.Tensor | None = None  # (in,) float64
 
     def channel_norms(self) -> torch.Tensor:
         """||X_j||_2 per input channel, (in,) float64 (Wanda's activation norm)."""
@@ -68,6 +70,8 @@ def collect_linear_inputs(module: nn.Module, batches: Iterable[dict[str, torch.T
                     torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device), 0,
                     torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float64, device=x.device) if xtx else None)
             entry.sum_sq += (x * x).sum(0)
+            peak = x.abs().amax(0) if x.shape[0] else torch.zeros_like(entry.sum_sq)
+            entry.abs_max = peak if entry.abs_max is None else torch.maximum(entry.abs_max, peak)
             entry.tokens += x.shape[0]
             if entry.xtx is not None:
                 entry.xtx += x.T @ x

@@ -1,0 +1,179 @@
+"""smoothquant: W8A8 with activation outliers smoothed into the weights first (Xiao et al. 2023).
+
+Plain W8A8 (`int8-dynamic`, `int8-static`) loses much of an LM's quality to a few activation
+channels far larger than the rest. SmoothQuant divides each input channel j of a Linear by
+s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (from calibration activations) and multiplies the
+weight's column j by it; the division is folded into the norm (or Linear) that produces the
+input, so the float model computes the same function with the same graph (`smoothquant_math`).
+The smoothed model then goes through the suite's own int8 path unchanged (ONNX Runtime dynamic
+or static, or torch.ao dynamic), so a table puts plain and smoothed W8A8 on the same runtime.
+
+Where it folds exactly: pre-norm decoder blocks (Llama, Mistral, Qwen2: the norm's output
+feeds only the Linears, the residual bypasses it):
+    input_layernorm          -> q_proj, k_proj, v_proj
+    post_attention_layernorm -> gate_proj, up_proj
+    up_proj (rows)           -> down_proj   (with smooth_down; exact through act(gate) * up)
+Post-norm encoders (BERT) are refused: their LayerNorm output is also the next residual, so
+scaling it would change the function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from compressors.core.base import (
+    CompressContext,
+    Compressor,
+    CompressorConfig,
+    CompressorUnavailable,
+    Model,
+    TorchModel,
+    check_choice,
+    check_range,
+)
+from compressors.core.registry import register
+from compressors.quantize.int8_dynamic import Int8Dynamic, Int8DynamicConfig
+from compressors.quantize.int8_static import Int8Static, Int8StaticConfig
+from compressors.quantize.smoothquant_math import (
+    fold_into_linear_,
+    fold_into_norm_,
+    scale_columns_,
+    smoothing_factors,
+    weight_column_max,
+)
+from compressors.runtimes.cpu_features import INT8_SETTINGS
+from compressors.shared.calibration import collect_linear_inputs
+
+BACKENDS = ("onnxruntime", "torch")
+ACTIVATIONS = ("dynamic", "static")
+# (producer inside a decoder block, the Linears reading its output); a norm producer divides its
+# affine weight, a Linear producer its output rows.
+NORM_PAIRS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+              ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")))
+LINEAR_PAIRS = (("mlp.up_proj", ("mlp.down_proj",)),)
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig(CompressorConfig):
+    """alpha: migration strength in [0, 1] (the paper's 0.5). smooth_down: also smooth down_proj's
+    input through up_proj's rows (where Llama's largest activations are). backend: the int8 runtime,
+    "onnxruntime" or "torch" (torch.ao, dynamic only). activations: "dynamic" (ranges per batch,
+    `int8-dynamic`) or "static" (ranges calibrated ahead, `int8-static`, onnxruntime only).
+    calibration_batches: train batches for the activation maxima (and static ranges).
+    per_channel, int8_settings: passed to the int8 path (see int8-dynamic / int8-static)."""
+
+    alpha: float = 0.5
+    smooth_down: bool = False
+    backend: str = "onnxruntime"
+    activations: str = "dynamic"
+    calibration_batches: int = 16
+    per_channel: bool = True
+    int8_settings: str = "auto"
+
+    def __post_init__(self):
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_choice("smooth_down", self.smooth_down, (False, True))
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("activations", self.activations, ACTIVATIONS)
+        check_choice("per_channel", self.per_channel, (False, True))
+        check_choice("int8_settings", self.int8_settings, INT8_SETTINGS)
+        check_range("calibration_batches", self.calibration_batches, 1, 10_000)
+        if self.backend == "torch" and self.activations == "static":
+            raise ValueError("activations='static' needs backend 'onnxruntime' (int8-static); backend 'torch' "
+                             "runs torch.ao dynamic int8 only")
+        if self.backend == "torch" and self.int8_settings != "auto":
+            raise ValueError(f"int8_settings={self.int8_settings!r} needs backend 'onnxruntime', got 'torch'")
+
+    def int8_path(self) -> Compressor:
+        """The suite's plain W8A8 compressor this config runs after smoothing."""
+        if self.activations == "static":
+            return Int8Static(Int8StaticConfig(per_channel=self.per_channel, int8_settings=self.int8_settings,
+                                               calibration_batches=self.calibration_batches))
+        return Int8Dynamic(Int8DynamicConfig(backend=self.backend, per_channel=self.per_channel,
+                                             int8_settings=self.int8_settings))
+
+
+def smoothing_pairs(module: nn.Module, smooth_down: bool) -> list[tuple[str, nn.Module, list[str]]]:
+    """(producer name, producer, names of the Linears it feeds) for every pre-norm block of `module`."""
+    pairs = []
+    for block_name, block in module.named_modules():
+        if not all(_has(block, name) for name, _ in NORM_PAIRS) or \
+                not all(_has(block, c) for _, consumers in NORM_PAIRS for c in consumers):
+            continue
+        prefix = f"{block_name}." if block_name else ""
+        candidates = NORM_PAIRS + (LINEAR_PAIRS if smooth_down else ())
+        for producer, consumers in candidates:
+            if _has(block, producer) and all(type(block.get_submodule(c)) is nn.Linear for c in consumers):
+                pairs.append((prefix + producer, block.get_submodule(producer), [prefix + c for c in consumers]))
+    return pairs
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def smooth_(module: nn.Module, batches: list[dict], device: str, alpha: float, smooth_down: bool) -> dict:
+    """Fold SmoothQuant's factors into `module` in place (its function is unchanged).
+
+    Returns:
+        provenance: pairs smoothed, calibration tokens, and the largest activation range before and after.
+
+    Raises:
+        CompressorUnavailable: no pre-norm block to fold into, or no calibration token reached one.
+    """
+    pairs = smoothing_pairs(module, smooth_down)
+    if not pairs:
+        raise CompressorUnavailable(
+            f"smoothquant folds its factors into pre-norm decoder blocks (Llama-style input_layernorm -> q/k/v, "
+            f"post_attention_layernorm -> gate/up); {type(module).__name__} has none (a post-norm encoder's "
+            "LayerNorm output is also its residual, so the fold would not be exact)")
+    first = {consumers[0] for _, _, consumers in pairs}  # the consumers of a pair share their input
+    stats = collect_linear_inputs(module, batches, device, skip=lambda name, _layer: name not in first)
+    if not stats or not max(s.tokens for s in stats.values()):
+        raise CompressorUnavailable("smoothquant: the calibration batches reached no smoothable layer")
+    before = after = 0.0
+    for _name, producer, consumers in pairs:
+        act_max = stats[consumers[0]].abs_max
+        weights = [module.get_submodule(c).weight.data for c in consumers]
+        factors = smoothing_factors(act_max, weight_column_max(weights), alpha)
+        if isinstance(producer, nn.Linear):
+            fold_into_linear_(producer.weight.data, None if producer.bias is None else producer.bias.data, factors)
+        else:
+            bias = getattr(producer, "bias", None)
+            fold_into_norm_(producer.weight.data, None if bias is None else bias.data, factors)
+        scale_columns_(weights, factors)
+        before = max(before, float(act_max.max()))
+        after = max(after, float((act_max / factors.to(act_max.device)).max()))
+    return {"smoothquant_alpha": alpha, "smoothed_pairs": len(pairs), "smooth_down": smooth_down,
+            "smoothquant_calibration_tokens": max(s.tokens for s in stats.values()),
+            "activation_max_before": round(before, 4), "activation_max_after": round(after, 4)}
+
+
+@register("smoothquant", config=SmoothQuantConfig)
+class SmoothQuant(Compressor):
+    """SmoothQuant W8A8: smoothing folded into the float model, then the suite's int8 path."""
+
+    def output_form(self) -> str:
+        return "onnx" if self.config.backend == "onnxruntime" else "quantized"
+
+    def compress(self, model: Model, ctx: CompressContext) -> Model:
+        if not isinstance(model, TorchModel):
+            raise CompressorUnavailable(f"smoothquant needs a torch model, got runtime {model.runtime!r}")
+        if ctx.data is None:
+            raise CompressorUnavailable("smoothquant needs calibration data (the task's train split)")
+        cfg = self.config
+        module = model.clone_module().to(ctx.device).float().eval()
+        batches = list(ctx.data.calibration_batches(cfg.calibration_batches))
+        provenance = smooth_(module, batches, ctx.device, cfg.alpha, cfg.smooth_down)
+        smoothed = model.replace(module=module, device=ctx.device)
+        quantized = cfg.int8_path().compress(smoothed, ctx)
+        quantized.provenance = {**provenance, **(quantized.provenance or {})}
+        quantized.notes = (*quantized.notes, f"SmoothQuant (alpha {cfg.alpha}) folded per-channel factors into "
+                           f"{provenance['smoothed_pairs']} norms/Linears before int8 ({cfg.activations} activations)")
+        return quantized
