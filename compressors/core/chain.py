@@ -27,7 +27,7 @@ from compressors.core.registry import build, register
 
 FORMS = {"float": "a plain float torch model", "quantized": "a model with quantized layers",
          "sparse": "a model with sparse (bitmask) layers", "factorized": "a model with low-rank factor layers",
-         "onnx": "an ONNX graph"}
+         "onnx": "an ONNX graph", "openvino": "an OpenVINO IR"}
 
 
 def stage_label(stage: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {}
 
 _TORCH_AO_DYNAMIC = "torch.ao.nn.quantized.dynamic"
 # what `load_artifact` reads from compbench_artifact.json, by runtime
-REQUIRED_INFO = {"torch": ("kind", "architecture"), "onnxruntime": ("kind",)}
+REQUIRED_INFO = {"torch": ("kind", "architecture"), "onnxruntime": ("kind",), "openvino": ("kind",)}
 
 
 class ArtifactError(ValueError):

@@ -29,7 +29,7 @@ __all__ = ["ArtifactError", "load_artifact"]
 
 
 def load_artifact(directory: str | Path, device: str = "cpu", threads: int = 1):
-    """Load any artifact compbench saved (torch safetensors or ONNX) as a `Model`.
+    """Load any artifact compbench saved (torch safetensors, ONNX or OpenVINO IR) as a `Model`.
 
     Raises:
         ArtifactError: not a compbench artifact, or a format this function cannot rebuild
@@ -49,6 +49,12 @@ def load_artifact(directory: str | Path, device: str = "cpu", threads: int = 1):
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         return OnnxModel(directory / "model.onnx", name, info["kind"], tokenizer, threads=threads, device=device,
                          hf_config=config)
+    if info["runtime"] == "openvino":  # the `openvino` extra, imported only for such an artifact
+        from compressors.runtimes.openvino_model import OpenVinoModel
+
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        return OpenVinoModel(directory / "model.xml", name, info["kind"], tokenizer, threads=threads, device=device,
+                             notes=tuple(info.get("notes", ())), hf_config=config, provenance=info.get("provenance"))
     if info.get("torch_ao_dynamic") and (directory / "model.pt").is_file():
         module = _torch_ao_dynamic(directory, info)
     elif not (directory / "model.safetensors").is_file():
