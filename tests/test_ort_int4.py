@@ -5,6 +5,8 @@ Tiny models with random weights built in-process (tests/test_onnx.py's tokenizer
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import numpy as np
 import onnx
 import pytest
@@ -18,6 +20,10 @@ from compressors.quantize.packing import dequantize, quantize_tensor
 from compressors.runtimes.matmul_nbits import dequantize_nbits, nbits_weight
 from compressors.shared.artifacts import load_artifact
 from tests.test_onnx import FakeData, cosine, eval_batch, make_tokenizer, randomize_
+
+# ONNX Runtime 1.32's matmul_nbits_quantizer imports onnx_ir, which onnxruntime does not pull in.
+needs_ort_quantizer = pytest.mark.skipif(find_spec("onnx_ir") is None,
+                                         reason="onnx-ir is not installed (ONNX Runtime's int4 quantizer needs it)")
 
 # Carried codes must reproduce the packed torch model up to float32 summation order.
 CARRIED_ATOL = 1e-4
@@ -82,6 +88,7 @@ def test_layouts_the_kernel_cannot_hold_are_refused(bits, zero_point, match):
 
 # --- ONNX Runtime's own quantizer ---------------------------------------------------------------
 
+@needs_ort_quantizer
 def test_rtn_int4_is_close_to_fp32_smaller_and_reloads_exactly(llama, ctx, tokenizer, tmp_path):
     fp32 = build("onnx").compress(llama, ctx)
     quantized = build("ort-int4", {"block_size": 32}).compress(llama, ctx)
@@ -109,6 +116,7 @@ def test_rtn_int4_is_close_to_fp32_smaller_and_reloads_exactly(llama, ctx, token
     torch.testing.assert_close(reloaded.forward(batch), quantized.forward(batch), rtol=0, atol=0)
 
 
+@needs_ort_quantizer
 def test_keeping_embedding_and_head_in_float_costs_size(llama, ctx, tmp_path):
     everything = build("ort-int4", {"block_size": 16}).compress(llama, ctx)
     body = build("ort-int4", {"block_size": 16, "quantize_embeddings": False, "quantize_lm_head": False}
@@ -118,6 +126,7 @@ def test_keeping_embedding_and_head_in_float_costs_size(llama, ctx, tmp_path):
     assert onnx_bytes(body, tmp_path / "body") > 1.5 * onnx_bytes(everything, tmp_path / "all")
 
 
+@needs_ort_quantizer
 @pytest.mark.parametrize("params", [
     {"algorithm": "hqq", "block_size": 16},
     {"algorithm": "gptq", "block_size": 16, "symmetric": True, "calibration_batches": 2}])
@@ -152,6 +161,7 @@ def test_packed_codes_run_on_matmul_nbits_with_the_same_logits(method, params, l
     assert not any("dequantized on every forward" in note for note in carried.notes)
 
 
+@needs_ort_quantizer
 def test_carried_codes_with_a_quantized_tied_embedding(llama, ctx, tokenizer):
     """gptq with quantize_embeddings: the tied head's MatMul carries the table's codes; the
     Gather is rounded again by ORT (its symmetric grid spans -8..7, the suite's -7..7), so
@@ -204,6 +214,7 @@ def test_cuda_is_unavailable(llama, tmp_path, tokenizer):
         build("ort-int4").compress(llama, ctx)
 
 
+@needs_ort_quantizer
 def test_asymmetric_gptq_of_onnx_runtime_with_an_odd_block_count_is_refused(tokenizer, ctx):
     model = tiny_llama(tokenizer, hidden=48)  # 48 columns in blocks of 16: 3 blocks per row
     with pytest.raises(CompressorUnavailable, match="even number of blocks"):

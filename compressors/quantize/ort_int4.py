@@ -95,11 +95,13 @@ def plain_copy(model: TorchModel) -> tuple[TorchModel, list[tuple[str, Quantized
     A packed embedding becomes an nn.Embedding and, where the LM head is tied to it, the head
     becomes an nn.Linear sharing that weight: the head's MatMul then carries the table's codes.
     """
+    if not any(callable(getattr(sub, "quantized", None)) for sub in model.module.modules()):
+        return model, []  # nothing packed: export as it is
     module = model.clone_module().cpu().float()
     layers: list[tuple[str, QuantizedTensor]] = []
     replaced: dict[int, nn.Module] = {}
     for name, sub in list(module.named_modules(remove_duplicate=False)):
-        if not hasattr(sub, "quantized") or not callable(sub.quantized):
+        if not callable(getattr(sub, "quantized", None)):
             continue
         qt = sub.quantized()
         if id(sub) not in replaced:
@@ -166,13 +168,20 @@ class _Reader:
 def _ort_quantize(proto, cfg: OrtInt4Config, exclude: set[str], gathers: set[str], feeds):
     """ONNX Runtime's quantizer on the float MatMuls of `proto` not in `exclude` (and on the
     Gathers in `gathers`); returns the new ModelProto."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        HQQWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
-
-    matmuls = {n.name for n in proto.graph.node if n.op_type == "MatMul"}
+    weights = {init.name for init in proto.graph.initializer if len(init.dims) == 2}
+    matmuls = {n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    if not matmuls - exclude and not gathers:
+        return proto  # every weight carried over from packed codes (or left float on purpose)
+    try:
+        _quiet_ort_logging()
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            HQQWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+    except ImportError as exc:  # ORT 1.32's quantizer imports onnx_ir, which onnxruntime does not require
+        raise CompressorUnavailable(f"ort-int4 needs ONNX Runtime's matmul_nbits_quantizer, which failed to "
+                                    f"import ({exc}): pip install onnx-ir") from exc
     all_gathers = {n.name for n in proto.graph.node if n.op_type == "Gather"}
     level = cfg.accuracy_level or None
     if matmuls - exclude and cfg.algorithm == "gptq":
@@ -246,12 +255,6 @@ class OrtInt4(Compressor):
         if ctx.device != "cpu":
             raise CompressorUnavailable("ort-int4 runs on ONNX Runtime's CPU execution provider only "
                                         "(this onnxruntime build has no CUDA MatMulNBits path here)")
-        try:
-            _quiet_ort_logging()
-            import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401  (needs onnx-ir)
-        except ImportError as exc:
-            raise CompressorUnavailable(f"ort-int4 needs ONNX Runtime's matmul_nbits_quantizer: {exc} "
-                                        "(pip install onnx-ir)") from exc
         layers: list[tuple[str, QuantizedTensor]] = []
         if isinstance(model, TorchModel):
             model, layers = plain_copy(model)
