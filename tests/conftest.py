@@ -23,6 +23,7 @@ devices = ["cpu", "cuda"]
 threads = 1
 latency_min_iters = 3
 latency_min_seconds = 0.05
+latency_max_seconds = 0.5
 latency_warmup = 1
 bootstrap = 50
 

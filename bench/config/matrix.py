@@ -101,7 +101,10 @@ class Matrix:
             that allocates past it fails alone with an "out of memory" error row. None = this
             machine's physical memory, 0 = no limit. Not applied to CUDA cells (the driver
             reserves far more address space than it uses).
-        latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget.
+        latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget (its first 10 rounds).
+        latency_precision: then more rounds until each speed-up is known within this relative
+            half-width (0.05: about 5%), 0 = stop after the first rounds.
+        latency_max_seconds: the most summed call time adaptive timing may spend on one model pair.
         bootstrap: resamples for confidence intervals.
         compressor_tasks: for each compressor, the tasks its table limits it to (`tasks = [...]`).
         max_train_steps: a cap on the optimizer steps of every training-based method
@@ -119,6 +122,8 @@ class Matrix:
     latency_warmup: int = 3
     latency_min_iters: int = 20
     latency_min_seconds: float = 3.0
+    latency_precision: float = 0.05
+    latency_max_seconds: float = 30.0
     bootstrap: int = 1000
     max_train_steps: int | None = None
     source: str = "<memory>"
@@ -139,13 +144,14 @@ class Matrix:
 
 _TASK_FIELDS = {f.name: f for f in dataclasses.fields(TaskSpec)}
 _MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "cell_memory_limit_mb", "latency_warmup",
-                "latency_min_iters", "latency_min_seconds", "bootstrap", "max_train_steps", "task", "compressor"}
+                "latency_min_iters", "latency_min_seconds", "latency_precision", "latency_max_seconds", "bootstrap",
+                "max_train_steps", "task", "compressor"}
 
 # --quick: small slices and a short timer, for smoke runs and tests.
 QUICK_TASK = {"eval_limit": 64, "train_limit": 320, "max_length": 64, "max_tokens": 2048, "seq_len": 256,
               "latency_batch": 4}
-QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_warmup": 1, "bootstrap": 200,
-                "max_train_steps": 20}
+QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_warmup": 1, "latency_precision": 0.1,
+                "latency_max_seconds": 5.0, "bootstrap": 200, "max_train_steps": 20}
 
 
 def resolve_matrix_path(name_or_path: str) -> Path:
@@ -220,9 +226,15 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     for key, kind, low in (("seed", int, 0), ("threads", int, 0), ("cell_timeout_s", float, 1),
                            ("cell_memory_limit_mb", int, 0), ("latency_warmup", int, 0),
                            ("latency_min_iters", int, 1), ("latency_min_seconds", float, 0),
+                           ("latency_max_seconds", float, 0),
                            ("bootstrap", int, 10), ("max_train_steps", int, 1)):
         if key in raw:
             values[key] = _number(raw[key], kind, low, f"{where}: key {key!r}")
+    if "latency_precision" in raw:
+        values["latency_precision"] = _number(raw["latency_precision"], float, 0, f"{where}: key 'latency_precision'")
+        if values["latency_precision"] >= 1:
+            raise ConfigError(f"{where}: key 'latency_precision' must be a relative half-width below 1 (e.g. 0.05 "
+                              f"for about 5%), or 0 for fixed rounds, got {values['latency_precision']!r}")
     if quick:
         values.update(QUICK_MATRIX)
     return Matrix(tasks=tasks, compressors=tuple(compressors), devices=tuple(dict.fromkeys(devices)),

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
-from scipy import stats
 
 from bench.measure import Measurement
 from bench.measure.accuracy import LEVEL
-from bench.measure.latency import _synchronize, _timed_call
+from bench.measure.latency import _synchronize, _timed_call, t_half_width
 
 TOKENS_PER_S = "tokens/s"
 # Rounds of decode timing. The speed-up's interval is a t interval over the rounds' log-ratios,
@@ -59,11 +58,10 @@ def log_ratio_interval(log_ratios: np.ndarray, level: float = LEVEL) -> tuple[fl
     None with fewer than two values (no spread to estimate). Rounds are the independent
     unit (within a round both sides share the machine's state), so n = rounds, df = n - 1.
     """
-    n = len(log_ratios)
-    if n < 2:
+    half = t_half_width(log_ratios, level)
+    if half is None:
         return None
     mean = float(np.mean(log_ratios))
-    half = float(stats.t.ppf((1 + level) / 2, n - 1) * np.std(log_ratios, ddof=1) / np.sqrt(n))
     return float(np.exp(mean - half)), float(np.exp(mean + half))
 
 

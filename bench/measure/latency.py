@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from bench.measure import Measurement
+from bench.measure.accuracy import LEVEL
 
 MS, ITEMS_PER_S, RATIO = "ms", "items/s", "x"
 PERCENTILES = (50, 90, 95, 99)
+MAX_ROUNDS = 60  # adaptive timing's cap on rounds (10 more than the 50 that bring a 5% target within reach)
 
 
 @dataclass
@@ -30,12 +33,14 @@ class LatencyStats:
         device: "cpu" or "cuda" (which clock measured them).
         rounds: for interleaved timing, the round each iteration belongs to (same length as
             times_s); the speed-up's interval resamples whole rounds.
+        stopped: for interleaved timing, why it stopped (see `time_interleaved`).
     """
 
     times_s: list[float]
     batch_size: int
     device: str
     rounds: list[int] | None = None
+    stopped: str | None = None
 
     def __post_init__(self):
         if len(self.times_s) == 0:
@@ -117,7 +122,8 @@ def time_callable(fn: Callable[[], Any], device: str = "cpu", warmup: int = 3, m
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", warmup: int = 3, rounds: int = 10,
                      min_iters: int = 10, min_seconds: float = 1.0, batch_size: int = 1,
-                     max_iters: int = 10_000) -> dict[str, LatencyStats]:
+                     max_iters: int = 10_000, precision: float | None = None, max_seconds: float = float("inf"),
+                     max_rounds: int = MAX_ROUNDS) -> dict[str, LatencyStats]:
     """Per-call times of several callables, timed in alternating blocks (A B A B ...).
 
     A noisy neighbour on a shared machine then slows all of them alike, so ratios between
@@ -129,6 +135,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", war
     centres on 1.00x. Over all rounds each name therefore reaches both `min_iters` calls and
     `min_seconds`, unless a block hits max_iters / rounds calls (a guard for callables
     far faster than the timer's resolution). Timing per call as in `time_callable`.
+
+    With `precision` (a relative half-width, e.g. 0.05), timing goes on after those rounds,
+    one round at a time, until every callable's ratio to the first one (the baseline) is
+    known that well (`relative_half_width` of the per-round log-ratios), or the summed call
+    time reaches `max_seconds`, or `max_rounds` rounds ran: a steady pair stops early, a noisy
+    one buys precision where it is needed. `stopped` on each result says which limit ended it.
     """
     _check_counts(warmup, min_iters, min_seconds)
     if rounds < 1:
@@ -137,6 +149,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", war
         raise ValueError(f"max_iters must be >= min_iters={min_iters}, got {max_iters}")
     if not fns:
         raise ValueError("fns must name at least one callable, got none")
+    if precision is not None and not 0 < precision < 1:
+        raise ValueError(f"precision must be a relative half-width in (0, 1), e.g. 0.05, got {precision}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -147,7 +161,17 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", war
     times: dict[str, list[float]] = {name: [] for name in fns}
     round_of: dict[str, list[int]] = {name: [] for name in fns}
     names = list(fns)
-    for r in range(rounds):
+    spent, r, stopped = 0.0, 0, "fixed rounds"
+    while True:
+        if r >= rounds:
+            if precision is None:
+                break
+            if _widest(times, round_of, names) <= precision:
+                stopped = f"precision {precision:g} reached"
+                break
+            if spent >= max_seconds or r >= max(max_rounds, rounds):
+                stopped = "time cap" if spent >= max_seconds else "round cap"
+                break
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             block: list[float] = []
@@ -157,7 +181,39 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: str = "cpu", war
                 elapsed += block[-1]
             times[name].extend(block)
             round_of[name].extend([r] * len(block))
-    return {name: LatencyStats(t, batch_size, device, round_of[name]) for name, t in times.items()}
+            spent += elapsed
+        r += 1
+    return {name: LatencyStats(t, batch_size, device, round_of[name], stopped) for name, t in times.items()}
+
+
+def t_half_width(log_ratios: np.ndarray, level: float = LEVEL) -> float | None:
+    """Half-width of the t interval of the mean of per-round log-ratios; None below two rounds.
+
+    Rounds are the independent unit (within a round both sides share the machine's state), so
+    n = rounds and df = n - 1.
+    """
+    n = len(log_ratios)
+    if n < 2:
+        return None
+    return float(stats.t.ppf((1 + level) / 2, n - 1) * np.std(log_ratios, ddof=1) / np.sqrt(n))
+
+
+def relative_half_width(log_ratios: np.ndarray, level: float = LEVEL) -> float:
+    """exp(h) - 1 for the half-width h of `t_half_width`: 0.05 means the ratio is known within about 5%."""
+    half = t_half_width(log_ratios, level)
+    return float("inf") if half is None else float(np.expm1(half))
+
+
+def _widest(times: dict[str, list[float]], round_of: dict[str, list[int]], names: list[str]) -> float:
+    """The widest relative half-width of any callable's speed-up against the first one, so far."""
+    def medians(name: str) -> np.ndarray:
+        t, r = np.asarray(times[name]), np.asarray(round_of[name])
+        return np.array([np.median(t[r == i]) for i in np.unique(r)])
+
+    if len(names) < 2:
+        return 0.0
+    base = np.log(medians(names[0]))
+    return max(relative_half_width(base - np.log(medians(name))) for name in names[1:])
 
 
 def latency_measurements(stats: LatencyStats, extra: dict | None = None) -> list[Measurement]:
@@ -205,6 +261,9 @@ def speedup(baseline: LatencyStats, candidate: LatencyStats, n_boot: int = 1000,
     # each round's own ratio of medians, kept so that a later run's speed-up can be compared with this
     # one on both runs' rounds (`compbench check` against a baseline run)
     per_round = [float(np.median(base[base_rounds == r]) / np.median(cand[cand_rounds == r])) for r in ids]
+    extra = {"interval": "bootstrap over timing rounds", "iterations": int(min(len(base), len(cand))),
+             "round_speedups": [round(x, 5) for x in per_round]}
+    if candidate.stopped:
+        extra["timing_stopped"] = candidate.stopped
     return Measurement("speedup", estimate, RATIO, True, n=len(ids), ci_low=float(low), ci_high=float(high),
-                       extra={"interval": "bootstrap over timing rounds", "iterations": int(min(len(base), len(cand))),
-                              "round_speedups": [round(x, 5) for x in per_round]})
+                       extra=extra)

@@ -48,8 +48,8 @@ BASELINE = "identity"
 
 
 # Everything that changes a measurement besides the cell itself: a resumed run must match these.
-SETTINGS = ("seed", "threads", "latency_warmup", "latency_min_iters", "latency_min_seconds", "bootstrap",
-            "max_train_steps")
+SETTINGS = ("seed", "threads", "latency_warmup", "latency_min_iters", "latency_min_seconds", "latency_precision",
+            "latency_max_seconds", "bootstrap", "max_train_steps")
 
 
 def normalized(compressor: CompressorSpec) -> CompressorSpec:
@@ -178,6 +178,7 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | Sequence[st
                     "threads": matrix.effective_threads(), "latency_warmup": matrix.latency_warmup,
                     "latency_min_iters": matrix.latency_min_iters,
                     "latency_min_seconds": matrix.latency_min_seconds, "bootstrap": matrix.bootstrap,
+                    "latency_precision": matrix.latency_precision, "latency_max_seconds": matrix.latency_max_seconds,
                     "max_train_steps": matrix.max_train_steps,
                     # travel with the cell, so a Ray cluster reached through RAY_ADDRESS applies them too
                     "memory_limit_mb": matrix.cell_memory_limit_mb, **policy,

@@ -139,7 +139,9 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
                 timings = time_interleaved(
                     {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
                     device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
-                    min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch)
+                    min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch,
+                    precision=cell.get("latency_precision") or None,
+                    max_seconds=cell.get("latency_max_seconds", float("inf")))
             measured += latency_measurements(timings["compressed"], extra=shape)
             measured.append(speedup(timings["baseline"], timings["compressed"]))
             if spec.type == CAUSAL_LM:
