@@ -148,6 +148,16 @@ def test_int4_on_a_tiny_lm_is_close_packed_and_generates(llama_variants, tokeniz
     assert tokens.shape == (1, 11) and torch.equal(tokens[:, :5], batch["input_ids"][:1, :5])
 
 
+def test_int8_on_a_kv_cache_lm_is_close_and_generates(llama_variants, tokenizer, tmp_path):
+    fp32 = llama_variants["fp32"]
+    int8 = build("openvino-int8", {"calibration_batches": 2}).compress(fp32, ctx_for(tokenizer, tmp_path, "causal-lm"))
+    batch = eval_batch(tokenizer)
+    real = batch["attention_mask"].bool()
+    assert cosine(int8.forward(batch)[real], fp32.forward(batch)[real]) > 0.99
+    assert int8.info().params == fp32.info().params
+    assert int8.generate(batch["input_ids"][:1, :5], 4).shape == (1, 9)
+
+
 def test_int4_data_aware_calibrates_on_the_train_split(llama_variants, tokenizer, tmp_path):
     fp32 = llama_variants["fp32"]
     ctx = ctx_for(tokenizer, tmp_path, kind="causal-lm")
@@ -202,7 +212,7 @@ def test_cuda_and_bad_configs_give_one_line_errors(bert, bert_variants, tokenize
            ("openvino-int4", {"mode": "int3"}, "mode must be one of 'int4_sym', 'int4_asym'"),
            ("openvino-int4", {"group_size": 100}, "group_size must be -1"),
            ("openvino-int4", {"ratio": 1.5}, r"ratio must be a number in \[0.0, 1.0\]"),
-           ("openvino-int4", {"awq": True, "gptq": True}, "gptq and awq cannot both be true")]
+           ("openvino-int4", {"awq": "yes"}, "parameter .awq. must be bool")]
     for name, params, message in bad:
         with pytest.raises(ValueError, match=message) as error:
             build(name, params)

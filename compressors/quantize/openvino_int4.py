@@ -60,9 +60,6 @@ class OpenVinoInt4Config(CompressorConfig):
             check_choice(flag, getattr(self, flag), (True, False))
         check_range("calibration_batches", self.calibration_batches, 1, 10_000)
         check_choice("group_fallback", self.group_fallback, GROUP_FALLBACKS)
-        if self.gptq and self.awq:
-            raise ValueError("gptq and awq cannot both be true (NNCF runs one of them; scale_estimation "
-                             "combines with either)")
 
     @property
     def data_aware(self) -> bool:

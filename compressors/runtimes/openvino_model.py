@@ -165,9 +165,7 @@ class OpenVinoModel(Model):
         integer shape/index constants are not weights. A weight the ONNX exporter stored twice
         (a tied embedding and its transposed LM head) counts once, as in `OnnxModel.info`.
         """
-        import openvino as ov
-
-        model = ov.Core().read_model(str(self.path))
+        model = core().read_model(str(self.path))
         ops = list(model.get_ordered_ops())
         not_weights = _quantization_parameters(ops)
         params = nonzero = 0
