@@ -219,3 +219,13 @@ def test_asymmetric_gptq_of_onnx_runtime_with_an_odd_block_count_is_refused(toke
     model = tiny_llama(tokenizer, hidden=48)  # 48 columns in blocks of 16: 3 blocks per row
     with pytest.raises(CompressorUnavailable, match="even number of blocks"):
         build("ort-int4", {"algorithm": "gptq", "block_size": 16, "calibration_batches": 1}).compress(model, ctx)
+
+
+def test_the_kv_cache_graph_generates_with_carried_codes(llama, ctx, tokenizer):
+    """The quantizer does not care which graph the export gives: with the KV cache, incremental
+    decoding through MatMulNBits picks the packed torch model's greedy tokens."""
+    packed = build("gptq", {"bits": 4, "group_size": 32, "calibration_batches": 2}).compress(llama, ctx)
+    carried = build("ort-int4", {"quantize_embeddings": False, "quantize_lm_head": False}).compress(packed, ctx)
+    assert any(name.startswith("past_key_values.") for name in carried.input_names)
+    prompt = eval_batch(tokenizer)["input_ids"][:1, :8]
+    torch.testing.assert_close(carried.generate(prompt, 6), packed.generate(prompt, 6).cpu(), rtol=0, atol=0)
