@@ -24,7 +24,8 @@ from urllib.parse import urlparse
 
 OFFLINE_MODELS = ("offline models: minilm-l6, minilm-l3, smollm2-135m, tiny-bert, tiny-gpt2, tiny-llama, "
                   "or a local save_pretrained directory")
-OFFLINE_DATASETS = "offline datasets: bbc-news, tweet-sentiment, a local .txt file, or a .csv/.jsonl file with text and label columns"
+OFFLINE_DATASETS = ("offline datasets: bbc-news, tweet-sentiment, a local .txt file, or a .csv/.jsonl file with text "
+                    "and label columns")
 HUB_PROBE_SECONDS = 3.0
 CACHE_RECORD = "compbench_files.json"  # {file: [bytes, sha256]} of a cache directory, written when it is built
 # Set by `compbench run --trust-remote-code / --allow-pickle`; environment variables so that the
