@@ -46,7 +46,8 @@ from bench.report.tables import (
 from bench.report.timing import phase_frame, time_rows, time_summary
 from bench.results.store import OK, load, read_manifest
 
-VERSIONED = ("torch", "transformers", "onnxruntime", "optimum", "torchao", "bitsandbytes", "torch-pruning")
+VERSIONED = ("torch", "transformers", "onnxruntime", "openvino", "nncf", "optimum", "torchao", "bitsandbytes", "hqq",
+             "torch-pruning")
 OPENING = ("Each task opens with its answer: the pick under a default budget (at most "
            f"{ACCURACY_DROP_PT:g} point of accuracy or {PERPLEXITY_RISE:.0%} perplexity lost), the Pareto-optimal "
            "variants (none of the others is at least as good in quality, size on disk and speed-up at once) and "

