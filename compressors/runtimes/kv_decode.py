@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +93,28 @@ def full_sequence_feed(input_ids: np.ndarray, attention_mask: np.ndarray, cache:
     positions = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length))
     return {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
             "position_ids": np.ascontiguousarray(positions), **empty_past(cache, batch)}
+
+
+def scoring_feed(batch: Mapping[str, Any], input_names: Sequence[str], cache: CacheShape | None,
+                 graph: str) -> Feed:
+    """A graph's inputs for scoring `batch` (torch tensors by name) whole: the token inputs the graph
+    declares, as int64 and, for a KV graph (`cache` not None), positions 0..T-1 and an empty (P = 0)
+    past (`full_sequence_feed`), so a cached graph scores exactly as one without a cache would.
+
+    Only inputs the graph declares are fed: ONNX Runtime rejects unknown ones (e.g. token_type_ids).
+
+    Raises:
+        ValueError: the batch lacks a token input the graph (named `graph` in the message) declares.
+    """
+    tokens = [name for name in input_names if cache is None or name in ("input_ids", "attention_mask")]
+    missing = [name for name in tokens if name not in batch]
+    if missing:
+        raise ValueError(f"batch lacks input(s) {', '.join(missing)} that {graph} declares")
+    feed = {name: batch[name].detach().cpu().numpy().astype(np.int64) for name in tokens}
+    if cache is None:
+        return feed
+    full = full_sequence_feed(feed["input_ids"], feed["attention_mask"], cache)
+    return {name: value for name, value in full.items() if name in input_names}
 
 
 def greedy_decode(run: RunGraph, input_names: Iterable[str], cache: CacheShape, prompt: np.ndarray,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from compressors.core.base import Batch, CompressorUnavailable, Model, ModelInfo
-from compressors.runtimes.kv_decode import CacheShape, cache_shape, full_sequence_feed, greedy_decode, has_kv_cache
+from compressors.runtimes.kv_decode import CacheShape, cache_shape, greedy_decode, has_kv_cache, scoring_feed
 from compressors.shared.artifact_format import write_info
 
 TRANSPOSED_COPIES_KEY = "compbench.transposed_copies"
@@ -98,16 +98,7 @@ class OnnxModel(Model):
         Raises:
             ValueError: the batch lacks a token input the graph declares.
         """
-        tokens = [name for name in self.input_names if self.cache is None or name in ("input_ids", "attention_mask")]
-        missing = [name for name in tokens if name not in batch]
-        if missing:
-            raise ValueError(f"batch lacks input(s) {', '.join(missing)} that {self.path.name} declares")
-        # Feed only what the graph declares: ORT rejects unknown inputs (e.g. token_type_ids).
-        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64) for name in tokens}
-        if self.cache is None:
-            return feed
-        full = full_sequence_feed(feed["input_ids"], feed["attention_mask"], self.cache)
-        return {name: value for name, value in full.items() if name in self.input_names}
+        return scoring_feed(batch, self.input_names, self.cache, self.path.name)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         (logits,) = self.session.run(["logits"], self.feed(batch))
