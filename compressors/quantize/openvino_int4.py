@@ -77,22 +77,17 @@ class OpenVinoInt4(Compressor):
         from compressors.runtimes.openvino_model import (
             calibration_feeds,
             core,
-            cpu_capabilities,
             new_ir_path,
+            nncf_source,
+            runtime_provenance,
             save_ir,
-            to_openvino,
             weight_precisions,
         )
 
-        if ctx.device != "cpu":
-            raise CompressorUnavailable("openvino-int4 runs on OpenVINO's CPU plugin only; use device 'cpu'")
-        try:
-            import nncf
-            from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
-        except ImportError:
-            raise CompressorUnavailable("nncf is not installed (pip install 'compbench[openvino]')") from None
+        nncf, source = nncf_source(model, ctx, self.name)
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
         cfg = self.config
-        source = to_openvino(model, ctx)
         dataset, calibration = None, {}
         if cfg.data_aware:
             feeds, calibration = calibration_feeds(source, ctx, cfg.calibration_batches, self.name)
@@ -111,8 +106,7 @@ class OpenVinoInt4(Compressor):
                       "data_aware": "+".join(n for n in ("awq", "scale_estimation", "gptq") if getattr(cfg, n))
                       or "none (round to nearest)",
                       "weight_precisions": " ".join(f"{k}:{v}" for k, v in sorted(precisions.items())),
-                      "inference_precision": source.provenance.get("inference_precision"),
-                      "openvino_cpu_capabilities": " ".join(cpu_capabilities())}
+                      **runtime_provenance(source)}
         if not any(kind in precisions for kind in ("i4", "u4")):
             raise CompressorUnavailable(f"openvino-int4: NNCF put no weight in 4 bits "
                                         f"({provenance['weight_precisions']}); try a group_size that divides the "

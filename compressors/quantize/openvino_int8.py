@@ -24,7 +24,6 @@ from compressors.core.base import (
     CompressContext,
     Compressor,
     CompressorConfig,
-    CompressorUnavailable,
     Model,
     check_choice,
     check_range,
@@ -68,26 +67,21 @@ class OpenVinoInt8(Compressor):
         from compressors.runtimes.openvino_model import (
             calibration_feeds,
             core,
-            cpu_capabilities,
             new_ir_path,
+            nncf_source,
+            runtime_provenance,
             save_ir,
-            to_openvino,
         )
 
-        if ctx.device != "cpu":
-            raise CompressorUnavailable("openvino-int8 runs on OpenVINO's CPU plugin only; use device 'cpu'")
-        try:
-            import nncf
-            from nncf.quantization.advanced_parameters import (
-                AdvancedQuantizationParameters,
-                AdvancedSmoothQuantParameters,
-                OverflowFix,
-            )
-        except ImportError:
-            raise CompressorUnavailable("nncf is not installed (pip install 'compbench[openvino]')") from None
+        nncf, source = nncf_source(model, ctx, self.name)
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            AdvancedSmoothQuantParameters,
+            OverflowFix,
+        )
+
         cfg = self.config
         settings = int8_settings(cfg.int8_settings)
-        source = to_openvino(model, ctx)
         feeds, calibration = calibration_feeds(source, ctx, cfg.calibration_batches, self.name)
         overflow = OverflowFix.ENABLE if settings.reduce_range else OverflowFix.DISABLE
         # a negative alpha switches SmoothQuant off; None keeps NNCF's per-model-type default
@@ -102,8 +96,7 @@ class OpenVinoInt8(Compressor):
         target = save_ir(quantized, new_ir_path(ctx.work_dir, "openvino-int8"))
         provenance = {**calibration, **settings.provenance(), "overflow_fix": overflow.value,
                       "preset": cfg.preset, "model_type": "transformer", "smooth_quant": cfg.smooth_quant,
-                      "inference_precision": source.provenance.get("inference_precision"),
-                      "openvino_cpu_capabilities": " ".join(cpu_capabilities())}
+                      **runtime_provenance(source)}
         notes = source.notes
         if settings.reduce_range:  # a reader comparing CPUs needs to know the weights lost a bit
             notes += (f"int8 weights in 7 bits (NNCF overflow fix) so u8 x s8 products cannot saturate "

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from compressors.core.base import Batch, CompressContext, CompressorUnavailable, Model, ModelInfo, TorchModel
-from compressors.runtimes.kv_decode import CacheShape, cache_shape, full_sequence_feed, greedy_decode, has_kv_cache
+from compressors.runtimes.kv_decode import CacheShape, cache_shape, greedy_decode, has_kv_cache, scoring_feed
 from compressors.shared.artifact_format import write_info
 
 RUNTIME = "openvino"
@@ -117,15 +117,7 @@ class OpenVinoModel(Model):
         Raises:
             ValueError: the batch lacks a token input the IR declares.
         """
-        tokens = [name for name in self.input_names if self.cache is None or name in ("input_ids", "attention_mask")]
-        missing = [name for name in tokens if name not in batch]
-        if missing:
-            raise ValueError(f"batch lacks input(s) {', '.join(missing)} that {self.path.name} declares")
-        feed = {name: batch[name].detach().cpu().numpy().astype(np.int64) for name in tokens}
-        if self.cache is None:
-            return feed
-        full = full_sequence_feed(feed["input_ids"], feed["attention_mask"], self.cache)
-        return {name: value for name, value in full.items() if name in self.input_names}
+        return scoring_feed(batch, self.input_names, self.cache, self.path.name)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         logits = self.request.infer(self.feed(batch))[self.compiled.output("logits")]
@@ -292,6 +284,30 @@ def to_openvino(model: Model, ctx: CompressContext, label: str = "openvino-fp32"
     return OpenVinoModel(path, source.name, source.kind, source.tokenizer, threads=ctx.threads, device="cpu",
                          notes=source.notes, hf_config=source.hf_config,
                          provenance={"inference_precision": INFERENCE_PRECISION})
+
+
+def nncf_source(model: Model, ctx: CompressContext, method: str) -> tuple[Any, OpenVinoModel]:
+    """What an NNCF compressor starts from: the nncf module and `model` as an fp32 OpenVinoModel
+    (`to_openvino`), refused before any export when the device is not the CPU or NNCF is missing.
+
+    Raises:
+        CompressorUnavailable: the device is not the CPU, nncf or openvino is not installed, or the
+            runtime cannot be exported.
+    """
+    if ctx.device != "cpu":
+        raise CompressorUnavailable(f"{method} runs on OpenVINO's CPU plugin only; use device 'cpu'")
+    try:
+        import nncf
+    except ImportError:
+        raise CompressorUnavailable("nncf is not installed (pip install 'compbench[openvino]')") from None
+    return nncf, to_openvino(model, ctx)
+
+
+def runtime_provenance(source: OpenVinoModel) -> dict[str, Any]:
+    """What every OpenVINO row records about the runtime: the inference precision it was compiled with
+    and the CPU capabilities the plugin reports (which kernels the int8/int4 weights can reach)."""
+    return {"inference_precision": source.provenance.get("inference_precision"),
+            "openvino_cpu_capabilities": " ".join(cpu_capabilities())}
 
 
 def new_ir_path(work_dir: Path, label: str) -> Path:
