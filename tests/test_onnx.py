@@ -91,13 +91,18 @@ def tokenizer(tmp_path_factory):
     return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-@pytest.fixture(scope="module")
-def bert(tokenizer):
+def tiny_bert(tokenizer) -> TorchModel:
+    """A 3-class BERT classifier with random weights (test_openvino shares it)."""
     # Wide FFN and a vocabulary of 405: most bytes are Linear weights, as in real encoders.
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=512, max_position_embeddings=64, num_labels=3)
     module = randomize_(BertForSequenceClassification(config))
     return TorchModel(module, "tiny-bert", CLASSIFICATION, tokenizer, notes=("random weights",))
+
+
+@pytest.fixture(scope="module")
+def bert(tokenizer):
+    return tiny_bert(tokenizer)
 
 
 def causal_lm(arch: str, tokenizer) -> TorchModel:

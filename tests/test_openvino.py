@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 from compressors import build  # noqa: E402
 from compressors.core.base import (  # noqa: E402
-    CLASSIFICATION,
     CompressContext,
     CompressorUnavailable,
-    TorchModel,
     count_parameters,
 )
 from compressors.core.chain import ChainConfig  # noqa: E402
@@ -30,7 +27,7 @@ from compressors.runtimes.openvino_model import (  # noqa: E402
     weight_precisions,
 )
 from compressors.shared.artifacts import load_artifact  # noqa: E402
-from tests.test_onnx import FakeData, causal_lm, cosine, eval_batch, make_tokenizer, randomize_  # noqa: E402
+from tests.test_onnx import FakeData, causal_lm, cosine, eval_batch, make_tokenizer, tiny_bert  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +37,7 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bert(tokenizer):
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=512, max_position_embeddings=64, num_labels=3)
-    return TorchModel(randomize_(BertForSequenceClassification(config)), "tiny-bert", CLASSIFICATION, tokenizer,
-                      notes=("random weights",))
+    return tiny_bert(tokenizer)
 
 
 def ctx_for(tokenizer, work_dir, kind="classification", device="cpu"):
