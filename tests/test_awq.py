@@ -10,9 +10,9 @@ from compressors import build
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
 from compressors.quantize.awq import AWQConfig, _capture_inputs, fold_scales_, foldable_layers
 from compressors.quantize.awq_math import fake_quantize, output_error, search_clip, search_scale
-from compressors.quantize.gptq import _block_inputs
 from compressors.quantize.weight_only import PackedLinear
 from compressors.shared.artifacts import load_artifact
+from compressors.shared.sequential import block_inputs
 
 
 class Calibration:
@@ -101,8 +101,8 @@ def block0_qk_error(model, original):
     batches = list(Calibration().calibration_batches(4))
     masks = [b["attention_mask"] for b in batches]
     ref_layers, layers = foldable_layers(original.module), model.module.model.layers
-    ref = _capture_inputs(ref_layers[0], _block_inputs(original.module, ref_layers, batches, "cpu")[:4], masks)
-    x = _capture_inputs(layers[0], _block_inputs(model.module, layers, batches, "cpu")[:4], masks)["attn"]
+    ref = _capture_inputs(ref_layers[0], block_inputs(original.module, ref_layers, batches, "cpu")[:4], masks)
+    x = _capture_inputs(layers[0], block_inputs(model.module, layers, batches, "cpu")[:4], masks)["attn"]
     ref = ref["attn"]
     total = 0.0
     for name in ("q_proj", "k_proj"):

@@ -15,11 +15,12 @@ from transformers import (
 
 from compressors import build
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION, CompressContext, CompressorUnavailable, TorchModel
-from compressors.quantize.gptq import GPTQConfig, _input_groups, _Replay
+from compressors.quantize.gptq import GPTQConfig
 from compressors.quantize.gptq_math import GPTQError, gptq_quantize
 from compressors.quantize.packing import dequantize, quantize_tensor, unpack_int4
 from compressors.quantize.weight_only import PackedEmbedding, PackedLinear
 from compressors.shared.artifacts import load_artifact
+from compressors.shared.sequential import Replay, input_groups
 from compressors.shared.surgery import conv1d_to_linear_
 
 
@@ -156,8 +157,8 @@ def test_true_sequential_groups_the_layers_that_share_an_input_in_call_order():
     with torch.inference_mode():
         module(**ids())
     handle.remove()
-    replay = _Replay(block, records)
-    groups = _input_groups(replay, {"index": torch.tensor(0)}, lambda _name, _layer: False)
+    replay = Replay(block, records)
+    groups = input_groups(replay, {"index": torch.tensor(0)}, lambda _name, _layer: False)
     attention, mlp = "block.self_attn.", "block.mlp."
     assert groups == [{attention + "q_proj", attention + "k_proj", attention + "v_proj"}, {attention + "o_proj"},
                       {mlp + "gate_proj", mlp + "up_proj"}, {mlp + "down_proj"}]

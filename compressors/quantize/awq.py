@@ -14,7 +14,8 @@ Where each scale goes (Llama-style blocks; x / s before a layer, W * s inside it
 - gate/up together: into post_attention_layernorm;
 - down_proj: into up_proj's output rows (down reads act(gate) * up, linear in up).
 Blocks are processed in order; block i's inputs are block i-1's outputs after its scales
-and clipping (as the paper's reference code), recorded with GPTQ's block walker.
+and clipping (as the paper's reference code), recorded with the block walker GPTQ and SparseGPT share
+(`compressors.shared.sequential`).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ from compressors.core.base import (
     CompressorConfig,
     CompressorUnavailable,
     Model,
-    TorchModel,
     check_choice,
 )
 from compressors.core.registry import register
 from compressors.quantize.awq_math import search_clip, search_scale
-from compressors.quantize.gptq import _block_inputs, _hidden, _with_hidden
 from compressors.quantize.packing import ZERO_POINTS, check_layout
 from compressors.quantize.weight_only import GROUP_SIZES, SLOW_NOTE, pack_linears_
+from compressors.shared.float_copy import calibration_copy
+from compressors.shared.sequential import block_inputs, hidden, with_hidden
 from compressors.shared.surgery import output_layer_ids
 
 # Norms whose output is weight * f(x) (+ bias): dividing weight and bias by s divides the output by s.
@@ -88,17 +89,13 @@ class AWQ(Compressor):
     produces = "quantized"
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:
-        if not isinstance(model, TorchModel):
-            raise CompressorUnavailable(f"awq needs a torch model, got runtime {model.runtime!r}")
-        if ctx.data is None:
-            raise CompressorUnavailable("awq needs calibration data (ctx.data is None)")
         cfg = self.config
-        module = model.clone_module().to(ctx.device).float().eval()
+        module = calibration_copy(model, ctx, self.name)
         layers = foldable_layers(module)
         batches = list(ctx.data.calibration_batches(cfg.calibration_batches))
         if not batches:
             raise CompressorUnavailable("awq got no calibration batches from the task's train split")
-        records = _block_inputs(module, layers, batches, ctx.device)
+        records = block_inputs(module, layers, batches, ctx.device)
         if records is None:
             raise CompressorUnavailable(f"awq: this model's decoder layers do not feed each other; it supports "
                                         f"{SUPPORTED}")
@@ -115,7 +112,7 @@ class AWQ(Compressor):
             if cfg.clip:
                 clip_layer_(layer, inputs, cfg, generator)
             with torch.inference_mode():
-                records = [_with_hidden(args, kwargs, _hidden(layer(*args, **kwargs))) for args, kwargs in records]
+                records = [with_hidden(args, kwargs, hidden(layer(*args, **kwargs))) for args, kwargs in records]
         count = pack_linears_(module, cfg.bits, cfg.group_size, cfg.symmetric, output_layer_ids(module),
                               cfg.zero_point)
         tokens = sum(int(m.sum()) if m is not None else b["input_ids"].numel()

@@ -29,7 +29,6 @@ from compressors.core.base import (
     CompressorConfig,
     CompressorUnavailable,
     Model,
-    TorchModel,
     check_choice,
 )
 from compressors.core.registry import register
@@ -42,15 +41,8 @@ from compressors.quantize.weight_only import (
     embedding_notes,
     pack_embeddings_,
 )
-
-# The walk's pieces live in compressors.shared.sequential (SparseGPT shares them); the old private
-# names stay importable from here for code written before the move (tests, awq.py).
-from compressors.shared.sequential import Replay as _Replay  # noqa: F401
-from compressors.shared.sequential import block_inputs as _block_inputs  # noqa: F401
+from compressors.shared.float_copy import calibration_copy
 from compressors.shared.sequential import compress_linears_
-from compressors.shared.sequential import hidden as _hidden  # noqa: F401
-from compressors.shared.sequential import input_groups as _input_groups  # noqa: F401
-from compressors.shared.sequential import with_hidden as _with_hidden  # noqa: F401
 from compressors.shared.surgery import output_layer_ids, set_submodule_
 
 
@@ -107,12 +99,8 @@ class GPTQ(Compressor):
     produces = "quantized"
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:
-        if not isinstance(model, TorchModel):
-            raise CompressorUnavailable(f"gptq needs a torch model, got runtime {model.runtime!r}")
-        if ctx.data is None:
-            raise CompressorUnavailable("gptq needs calibration data (ctx.data is None)")
         cfg = self.config
-        module = model.clone_module().to(ctx.device).float().eval()
+        module = calibration_copy(model, ctx, self.name)
         embeddings = {"quantized_embeddings": False, "tied_head": False}
         if cfg.quantize_embeddings:
             embeddings = pack_embeddings_(module, cfg.bits, cfg.group_size, cfg.symmetric, cfg.zero_point)

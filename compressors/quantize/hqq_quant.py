@@ -20,7 +20,6 @@ from compressors.core.base import (
     CompressorConfig,
     CompressorUnavailable,
     Model,
-    TorchModel,
     check_choice,
     check_range,
 )
@@ -28,6 +27,7 @@ from compressors.core.registry import register
 from compressors.quantize.hqq_math import hqq_quantize, lp_error
 from compressors.quantize.packing import dequantize, quantize_tensor
 from compressors.quantize.weight_only import GROUP_SIZES, SLOW_NOTE, PackedLinear
+from compressors.shared.float_copy import require_torch
 from compressors.shared.surgery import body_linears, output_layer_ids, replace_linears_
 
 FLOAT_ZERO_NOTE = "HQQ zero points are float (stored as fp16 minimums, w = scale * code + min)"
@@ -68,14 +68,13 @@ class HQQ(Compressor):
     produces = "quantized"
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:
-        if not isinstance(model, TorchModel):
-            raise CompressorUnavailable(f"hqq needs a torch model, got runtime {model.runtime!r}")
+        torch_model = require_torch(model, self.name)
         try:
             import hqq.core.optimize  # noqa: F401  (the solver; checked here to give one clear line)
         except ImportError as exc:
             raise CompressorUnavailable(f"hqq needs the hqq package (pip install compbench[quant]): {exc}") from exc
         cfg = self.config
-        module = model.clone_module().cpu().float().eval()
+        module = torch_model.clone_module().cpu().float().eval()
         body_linears(module, not cfg.skip_lm_head, "hqq")  # refuses a model with no Linear to quantize
         skip_ids = output_layer_ids(module) if cfg.skip_lm_head else set()
         errors = {"hqq": 0.0, "rtn": 0.0}

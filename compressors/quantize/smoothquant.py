@@ -29,7 +29,6 @@ from compressors.core.base import (
     CompressorConfig,
     CompressorUnavailable,
     Model,
-    TorchModel,
     check_choice,
     check_range,
 )
@@ -45,6 +44,7 @@ from compressors.quantize.smoothquant_math import (
 )
 from compressors.runtimes.cpu_features import INT8_SETTINGS
 from compressors.shared.calibration import collect_linear_inputs
+from compressors.shared.float_copy import calibration_copy
 
 BACKENDS = ("onnxruntime", "torch")
 ACTIVATIONS = ("dynamic", "static")
@@ -163,12 +163,8 @@ class SmoothQuant(Compressor):
         return "onnx" if self.config.backend == "onnxruntime" else "quantized"
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:
-        if not isinstance(model, TorchModel):
-            raise CompressorUnavailable(f"smoothquant needs a torch model, got runtime {model.runtime!r}")
-        if ctx.data is None:
-            raise CompressorUnavailable("smoothquant needs calibration data (the task's train split)")
         cfg = self.config
-        module = model.clone_module().to(ctx.device).float().eval()
+        module = calibration_copy(model, ctx, self.name)
         batches = list(ctx.data.calibration_batches(cfg.calibration_batches))
         provenance = smooth_(module, batches, ctx.device, cfg.alpha, cfg.smooth_down)
         smoothed = model.replace(module=module, device=ctx.device)
