@@ -48,7 +48,9 @@ def test_float_zero_points_in_the_packed_layout():
         hqq_quantize(torch.zeros(4), 4, 64)
 
 
+@pytest.fixture(scope="module")
 def tiny_llama():
+    """Built once: hqq quantizes a copy and leaves it as it is (asserted below)."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
@@ -59,8 +61,8 @@ def ids():
     return {"input_ids": torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(2))}
 
 
-def test_tiny_llama_without_data_same_bytes_as_float_min_rtn_and_exact_reload(tmp_path):
-    model = tiny_llama()
+def test_tiny_llama_without_data_same_bytes_as_float_min_rtn_and_exact_reload(tmp_path, tiny_llama):
+    model = tiny_llama
     quantized = build("hqq", {"bits": 4, "group_size": 32}).compress(model, CompressContext(data=None))
     assert quantized.provenance["quantized_linears"] == 14 and quantized.provenance["weight_error_vs_rtn"] < 1
     assert FLOAT_ZERO_NOTE in quantized.notes
@@ -77,8 +79,8 @@ def test_tiny_llama_without_data_same_bytes_as_float_min_rtn_and_exact_reload(tm
     assert torch.equal(load_artifact(hqq_dir).forward(ids()), quantized.forward(ids()))
 
 
-def test_three_bits_per_channel():
-    model = tiny_llama()
+def test_three_bits_per_channel(tiny_llama):
+    model = tiny_llama
     quantized = build("hqq", {"bits": 3, "group_size": 0, "iterations": 5}).compress(model, CompressContext(data=None))
     q_proj = quantized.module.model.layers[0].self_attn.q_proj
     assert q_proj.bits == 3 and q_proj.group_size is None and q_proj.mins.shape == (64, 1)
