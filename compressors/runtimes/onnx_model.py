@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressors.core.base import Batch, CompressorUnavailable, Model, ModelInfo
-from compressors.runtimes.kv_decode import CacheShape, cache_shape, greedy_decode, has_kv_cache, scoring_feed
+from compressors.core.base import Batch, CompressorUnavailable, ModelInfo
+from compressors.runtimes.graph_file import GraphFileModel
+from compressors.runtimes.kv_decode import CacheShape, cache_shape, greedy_decode, has_kv_cache
 from compressors.shared.artifact_format import write_info
 
 TRANSPOSED_COPIES_KEY = "compbench.transposed_copies"
@@ -50,7 +50,7 @@ def _check_device(device: str) -> None:
                                         "install onnxruntime-gpu to run ONNX models on CUDA")
 
 
-class OnnxModel(Model):
+class OnnxModel(GraphFileModel):
     """An .onnx file (external data beside it, if any) and the ONNX Runtime session that runs it.
 
     Attributes:
@@ -63,42 +63,15 @@ class OnnxModel(Model):
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | Path, name: str, kind: str, tokenizer: Any, threads: int = 1,
-                 device: str = "cpu", notes: tuple[str, ...] = (), hf_config: Any = None,
-                 provenance: dict[str, Any] | None = None):
-        super().__init__(name, kind, tokenizer, device, notes)
-        _check_device(device)
-        self.path, self.threads, self.hf_config = Path(path), threads, hf_config
-        self.provenance = dict(provenance or {})
-        self._open()
+    _check_device = staticmethod(_check_device)
 
-    def _open(self) -> None:
+    def _load(self) -> None:
         self.session = _session(self.path, self.threads, self.device)
         inputs = self.session.get_inputs()
         self.input_names = [i.name for i in inputs]
         self.cache: CacheShape | None = None
         if has_kv_cache(self.input_names):
             self.cache = cache_shape({i.name: i.shape for i in inputs}, dtype=_cache_dtype(inputs))
-
-    def with_file(self, path: str | Path, **changes: Any) -> OnnxModel:
-        """Another graph of the same model (e.g. its quantized version): name, kind, tokenizer,
-        notes and config carry over; `changes` overrides attributes such as `provenance`."""
-        new = copy.copy(self)
-        new.path = Path(path)
-        new.provenance = dict(changes.pop("provenance", self.provenance))
-        for key, value in changes.items():
-            setattr(new, key, value)
-        new._open()
-        return new
-
-    def feed(self, batch: Batch) -> dict[str, np.ndarray]:
-        """The graph's inputs for scoring `batch` whole: its own tensors as int64 and, for a KV graph,
-        position ids and an empty (P = 0) past, so a cached graph scores exactly as one without a cache.
-
-        Raises:
-            ValueError: the batch lacks a token input the graph declares.
-        """
-        return scoring_feed(batch, self.input_names, self.cache, self.path.name)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         (logits,) = self.session.run(["logits"], self.feed(batch))

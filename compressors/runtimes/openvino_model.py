@@ -9,7 +9,6 @@ precision: OpenVINO's CPU plugin otherwise runs float ops in bf16 on CPUs that h
 
 from __future__ import annotations
 
-import copy
 import shutil
 from functools import cache
 from pathlib import Path
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 
 from compressors.core.base import Batch, CompressContext, CompressorUnavailable, Model, ModelInfo, TorchModel
-from compressors.runtimes.kv_decode import CacheShape, cache_shape, greedy_decode, has_kv_cache, scoring_feed
+from compressors.runtimes.graph_file import GraphFileModel
+from compressors.runtimes.kv_decode import CacheShape, cache_shape, greedy_decode, has_kv_cache
 from compressors.shared.artifact_format import write_info
 
 RUNTIME = "openvino"
@@ -61,7 +61,7 @@ def _type(output) -> str:
     return output.get_element_type().get_type_name()
 
 
-class OpenVinoModel(Model):
+class OpenVinoModel(GraphFileModel):
     """An OpenVINO IR (model.xml + model.bin) and the compiled CPU model that runs it.
 
     Attributes:
@@ -73,16 +73,9 @@ class OpenVinoModel(Model):
 
     runtime = RUNTIME
 
-    def __init__(self, path: str | Path, name: str, kind: str, tokenizer: Any, threads: int = 1,
-                 device: str = "cpu", notes: tuple[str, ...] = (), hf_config: Any = None,
-                 provenance: dict[str, Any] | None = None):
-        super().__init__(name, kind, tokenizer, device, notes)
-        _check_device(device)
-        self.path, self.threads, self.hf_config = Path(path), threads, hf_config
-        self.provenance = dict(provenance or {})
-        self._compile()
+    _check_device = staticmethod(_check_device)
 
-    def _compile(self) -> None:
+    def _load(self) -> None:
         self.compiled = core().compile_model(str(self.path), "CPU", compile_config(self.threads))
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
@@ -93,31 +86,11 @@ class OpenVinoModel(Model):
                       for port in self.compiled.inputs}
             self.cache = cache_shape(shapes)
 
-    def with_file(self, path: str | Path, **changes: Any) -> OpenVinoModel:
-        """Another IR of the same model (e.g. its quantized version); `changes` overrides attributes."""
-        new = copy.copy(self)
-        new.path = Path(path)
-        new.provenance = dict(changes.pop("provenance", self.provenance))
-        for key, value in changes.items():
-            setattr(new, key, value)
-        new._compile()
-        return new
-
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One inference on numpy inputs, outputs by name (the callable `kv_decode` drives). Outputs are
         copies, so a present cache fed back as the next past is not overwritten by that call."""
         result = self.request.infer(feed, share_outputs=False)
         return dict(zip(self.output_names, result.to_tuple(), strict=True))
-
-    def feed(self, batch: Batch) -> dict[str, np.ndarray]:
-        """The IR's inputs for scoring `batch` whole: its tensors as int64 and, for a KV-cache graph,
-        positions 0..T-1 and an empty (P = 0) past (`kv_decode.full_sequence_feed`), so it scores as a
-        graph without a cache would.
-
-        Raises:
-            ValueError: the batch lacks a token input the IR declares.
-        """
-        return scoring_feed(batch, self.input_names, self.cache, self.path.name)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         logits = self.request.infer(self.feed(batch))[self.compiled.output("logits")]
