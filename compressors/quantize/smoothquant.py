@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from compressors.core.base import (
@@ -39,6 +40,7 @@ from compressors.quantize.smoothquant_math import (
     fold_into_linear_,
     fold_into_norm_,
     scale_columns_,
+    search_alpha,
     smoothing_factors,
     weight_column_max,
 )
@@ -57,15 +59,18 @@ LINEAR_PAIRS = (("mlp.up_proj", ("mlp.down_proj",)),)
 
 @dataclass(frozen=True)
 class SmoothQuantConfig(CompressorConfig):
-    """alpha: migration strength in [0, 1] (the paper's 0.5). smooth_down: also smooth down_proj's
+    """alpha: migration strength in [0, 1] (the paper's 0.5), or "auto": per producer, the alpha of
+    0, 0.1, ..., 1 with the smallest simulated W8A8 output error on `search_batches` calibration
+    batches (neural-compressor's auto-alpha; the paper tunes one alpha per model). smooth_down: also smooth down_proj's
     input through up_proj's rows (where Llama's largest activations are). backend: the int8 runtime,
     "onnxruntime" or "torch" (torch.ao, dynamic only). activations: "dynamic" (ranges per batch,
     `int8-dynamic`) or "static" (ranges calibrated ahead, `int8-static`, onnxruntime only).
     calibration_batches: train batches for the activation maxima (and static ranges).
     per_channel, int8_settings: passed to the int8 path (see int8-dynamic / int8-static)."""
 
-    alpha: float = 0.5
+    alpha: float | str = 0.5
     smooth_down: bool = False
+    search_batches: int = 4
     backend: str = "onnxruntime"
     activations: str = "dynamic"
     calibration_batches: int = 16
@@ -73,7 +78,11 @@ class SmoothQuantConfig(CompressorConfig):
     int8_settings: str = "auto"
 
     def __post_init__(self):
-        check_range("alpha", self.alpha, 0.0, 1.0)
+        if self.alpha != "auto":
+            if isinstance(self.alpha, str):
+                raise ValueError(f"alpha must be a number in [0, 1] or 'auto', got {self.alpha!r}")
+            check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("search_batches", self.search_batches, 1, 10_000)
         check_choice("smooth_down", self.smooth_down, (False, True))
         check_choice("backend", self.backend, BACKENDS)
         check_choice("activations", self.activations, ACTIVATIONS)
@@ -118,11 +127,17 @@ def _has(module: nn.Module, name: str) -> bool:
     return True
 
 
-def smooth_(module: nn.Module, batches: list[dict], device: str, alpha: float, smooth_down: bool) -> dict:
+def smooth_(module: nn.Module, batches: list[dict], device: str, alpha: float | str, smooth_down: bool,
+            static: bool = False, search_batches: int = 4) -> dict:
     """Fold SmoothQuant's factors into `module` in place (its function is unchanged).
 
+    Args:
+        alpha: one migration strength for every pair, or "auto": each pair's searched on the inputs of
+            the first `search_batches` batches (`search_alpha`), with dynamic (one scale per batch) or
+            `static` (one calibrated span) activations, as the int8 path that follows will quantize them.
+
     Returns:
-        provenance: pairs smoothed, calibration tokens, and the largest activation range before and after.
+        provenance: pairs smoothed, alphas, calibration tokens, the largest activation range before and after.
 
     Raises:
         CompressorUnavailable: no pre-norm block to fold into, or no calibration token reached one.
@@ -137,11 +152,17 @@ def smooth_(module: nn.Module, batches: list[dict], device: str, alpha: float, s
     stats = collect_linear_inputs(module, batches, device, skip=lambda name, _layer: name not in first)
     if not stats or not max(s.tokens for s in stats.values()):
         raise CompressorUnavailable("smoothquant: the calibration batches reached no smoothable layer")
+    inputs = _inputs_per_batch(module, batches[:search_batches], device, first) if alpha == "auto" else {}
     before = after = 0.0
+    chosen = []
     for _name, producer, consumers in pairs:
         act_max = stats[consumers[0]].abs_max
         weights = [module.get_submodule(c).weight.data for c in consumers]
-        factors = smoothing_factors(act_max, weight_column_max(weights), alpha)
+        pair_alpha = alpha
+        if alpha == "auto":
+            pair_alpha, _errors = search_alpha(inputs.pop(consumers[0]), weights, act_max, static=static)
+        chosen.append(pair_alpha)
+        factors = smoothing_factors(act_max, weight_column_max(weights), pair_alpha)
         if isinstance(producer, nn.Linear):
             fold_into_linear_(producer.weight.data, None if producer.bias is None else producer.bias.data, factors)
         else:
@@ -150,9 +171,33 @@ def smooth_(module: nn.Module, batches: list[dict], device: str, alpha: float, s
         scale_columns_(weights, factors)
         before = max(before, float(act_max.max()))
         after = max(after, float((act_max / factors.to(act_max.device)).max()))
-    return {"smoothquant_alpha": alpha, "smoothed_pairs": len(pairs), "smooth_down": smooth_down,
-            "smoothquant_calibration_tokens": max(s.tokens for s in stats.values()),
-            "activation_max_before": round(before, 4), "activation_max_after": round(after, 4)}
+    provenance = {"smoothquant_alpha": alpha, "smoothed_pairs": len(pairs), "smooth_down": smooth_down,
+                  "smoothquant_calibration_tokens": max(s.tokens for s in stats.values()),
+                  "activation_max_before": round(before, 4), "activation_max_after": round(after, 4)}
+    if alpha == "auto":  # pairs in block order (q/k/v, gate/up[, down] per block), so a row shows the pattern
+        provenance["smoothquant_alphas"] = " ".join(f"{a:g}" for a in chosen)
+        provenance["smoothquant_search_batches"] = min(search_batches, len(batches))
+    return provenance
+
+
+def _inputs_per_batch(module: nn.Module, batches: list[dict], device: str, names: set[str]
+                      ) -> dict[str, list[torch.Tensor]]:
+    """{Linear name: its input on each batch as one (tokens, in) float32 CPU tensor}: what one int8
+    runtime call quantizes with one dynamic scale (the alpha search simulates exactly that)."""
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    handles = [layer.register_forward_pre_hook(
+        lambda _layer, args, name=name: inputs[name].append(args[0].detach().reshape(-1, args[0].shape[-1])
+                                                            .float().cpu()))
+        for name, layer in module.named_modules() if name in names]
+    try:
+        module.to(device).eval()
+        with torch.no_grad():
+            for batch in batches:
+                module(**{k: v.to(device) for k, v in batch.items()})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs
 
 
 @register("smoothquant", config=SmoothQuantConfig)
@@ -166,7 +211,8 @@ class SmoothQuant(Compressor):
         cfg = self.config
         module = calibration_copy(model, ctx, self.name)
         batches = list(ctx.data.calibration_batches(cfg.calibration_batches))
-        provenance = smooth_(module, batches, ctx.device, cfg.alpha, cfg.smooth_down)
+        provenance = smooth_(module, batches, ctx.device, cfg.alpha, cfg.smooth_down,
+                             static=cfg.activations == "static", search_batches=cfg.search_batches)
         smoothed = model.replace(module=module, device=ctx.device)
         quantized = cfg.int8_path().compress(smoothed, ctx)
         quantized.provenance = {**provenance, **(quantized.provenance or {})}

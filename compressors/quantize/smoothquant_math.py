@@ -67,3 +67,72 @@ def fold_into_linear_(weight: torch.Tensor, bias: torch.Tensor | None, factors: 
     weight.div_(factors.to(device=weight.device, dtype=weight.dtype)[:, None])
     if bias is not None:
         bias.div_(factors.to(device=bias.device, dtype=bias.dtype))
+
+
+# ---- alpha searched per layer (alpha = "auto") --------------------------------------------------
+# One alpha for a whole LM is a compromise: SmolLM2's down_proj inputs in early layers carry a few
+# "massive" values (hundreds of times the rest) that need alpha near 1, while most norm outputs are
+# best near 0.5. As neural-compressor's auto-alpha does, each producer gets the alpha of a grid
+# whose W8A8 output error on calibration inputs is smallest, simulated with the runtime's own
+# quantizers (below), so the search optimizes what the int8 path will compute.
+ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def fake_quant_activations(x: torch.Tensor, span: tuple[float, float] | None = None) -> torch.Tensor:
+    """uint8 asymmetric quantize-dequantize with one scale for the whole tensor, as ONNX Runtime's
+    DynamicQuantizeLinear (span None: the tensor's own range, widened to hold 0) or a static
+    QuantizeLinear with a calibrated (low, high) span."""
+    low, high = (float(x.min()), float(x.max())) if span is None else span
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max(high - low, 1e-12) / 255.0
+    zero = round(-low / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
+    """int8 symmetric quantize-dequantize, one scale per output row (the int8 paths' per_channel)."""
+    scale = weight.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.0
+    return torch.clamp(torch.round(weight / scale), -127, 127) * scale
+
+
+def w8a8_error(inputs: list[torch.Tensor], weights: list[torch.Tensor], factors: torch.Tensor,
+               static: bool = False, references: list[torch.Tensor] | None = None) -> float:
+    """Relative squared output error of W8A8 after smoothing by `factors`, summed over `weights`.
+
+    Args:
+        inputs: calibration inputs, one (tokens, in) tensor per runtime call (one window): dynamic
+            activations get one scale per call, static ones one span over all calls.
+        weights: the (out, in) weights reading these inputs.
+        factors: smoothing factors s, (in,); the error is of Q(x / s) Q(W s)^T against x W^T.
+        static: quantize activations with the span of all `inputs` (int8-static) instead of per call.
+        references: x W^T per (input, weight) pair in that order, if already computed (a search reuses them).
+    """
+    s = factors.float()
+    smoothed = [x.float() / s for x in inputs]
+    span = (min(float(x.min()) for x in smoothed), max(float(x.max()) for x in smoothed)) if static else None
+    quantized_weights = [fake_quant_weight(w.float() * s) for w in weights]
+    if references is None:
+        references = [x.float() @ w.float().T for x in inputs for w in weights]
+    error = total = 0.0
+    pairs = iter(references)
+    for xs in smoothed:
+        xq = fake_quant_activations(xs, span)
+        for wq in quantized_weights:
+            reference = next(pairs)
+            error += float((xq @ wq.T - reference).pow(2).sum())
+            total += float(reference.pow(2).sum())
+    return error / max(total, 1e-30)
+
+
+def search_alpha(inputs: list[torch.Tensor], weights: list[torch.Tensor], activation_max: torch.Tensor,
+                 grid: tuple[float, ...] = ALPHA_GRID, static: bool = False) -> tuple[float, dict[float, float]]:
+    """The alpha of `grid` whose smoothed W8A8 error (`w8a8_error`) is smallest; ties go to the smaller alpha.
+
+    Returns:
+        (best alpha, {alpha: error}).
+    """
+    weight_max = weight_column_max(weights)
+    references = [x.float() @ w.float().T for x in inputs for w in weights]
+    errors = {alpha: w8a8_error(inputs, weights, smoothing_factors(activation_max, weight_max, alpha), static,
+                                references) for alpha in grid}
+    return min(errors, key=lambda a: (errors[a], a)), errors
