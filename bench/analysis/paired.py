@@ -12,6 +12,7 @@ Each cell's per-example scores are kept in run_dir/scores/<cell_id>.json by the 
   flip_rate         share of examples whose predicted label changed, fraction, lower better
   kl_from_baseline  mean KL(baseline || variant) of predicted distributions, nats, lower better
   perplexity_change variant / baseline perplexity - 1, fraction, lower better
+  task_accuracy_delta:<task>  an LM's lm-eval task accuracy, variant - baseline, fraction, higher better
 each with n = examples (windows) and a 95% paired percentile-bootstrap interval.
 
 A cell with a companion (a distilled student and the same student trained without the
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.measure import Measurement
+from bench.measure.catalog import TASK_ACCURACY, TASK_ACCURACY_DELTA
 
 SCORES_DIR = "scores"
 BASELINE = "identity"
@@ -163,11 +165,17 @@ def pair_scores(base: dict[str, Any], variant: dict[str, Any], n_boot: int = PAI
         ValueError: they were scored on different examples (the reason says how).
     """
     key = quality_key(base, variant)
+    measured = []
     if key == "accuracy":
-        return paired_classification(base["accuracy"], variant["accuracy"], n_boot, seed)
-    if key == "perplexity":
-        return paired_perplexity(base["perplexity"], variant["perplexity"], n_boot, seed)
-    return []
+        measured = paired_classification(base["accuracy"], variant["accuracy"], n_boot, seed)
+    elif key == "perplexity":
+        measured = paired_perplexity(base["perplexity"], variant["perplexity"], n_boot, seed)
+    # an LM's lm-eval task accuracies (task_accuracy:<task>) pair like a classifier's: the change only
+    for metric in sorted(k for k in base.keys() & variant.keys() if k.startswith(TASK_ACCURACY)):
+        delta = paired_classification(base[metric], variant[metric], n_boot, seed)[0]
+        delta.metric = TASK_ACCURACY_DELTA + metric[len(TASK_ACCURACY):]
+        measured.append(delta)
+    return measured
 
 
 def scores_file(run_dir: Path, cell_id: str, stage: int | None = None) -> Path:

@@ -56,6 +56,9 @@ class TaskSpec:
         train_limit: at most this many training examples for fine-tuning the teacher (None = all).
         test_fraction: share of the deduplicated data held out, stratified by label.
         latency_batch: batch size of the fixed latency input (its length is max_length or seq_len).
+        lm_eval_tasks: causal-lm: lm-evaluation-harness tasks every variant is also scored on (task accuracy
+            beside perplexity); "compbench_bbc_topic_mc" is built offline from the held-out split.
+        lm_eval_limit: causal-lm: held-out examples in the offline lm-eval task (a seeded, stratified sample).
     """
 
     name: str
@@ -71,6 +74,8 @@ class TaskSpec:
     train_limit: int | None = None
     test_fraction: float = 0.3
     latency_batch: int = 8
+    lm_eval_tasks: tuple[str, ...] = ()
+    lm_eval_limit: int = 250
 
     @property
     def latency_length(self) -> int:
@@ -149,7 +154,7 @@ _MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "cell_me
 
 # --quick: small slices and a short timer, for smoke runs and tests.
 QUICK_TASK = {"eval_limit": 64, "train_limit": 320, "max_length": 64, "max_tokens": 2048, "seq_len": 256,
-              "latency_batch": 4}
+              "latency_batch": 4, "lm_eval_limit": 50}
 QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_warmup": 1, "latency_precision": 0.1,
                 "latency_max_seconds": 5.0, "bootstrap": 200, "max_train_steps": 20}
 
@@ -280,10 +285,13 @@ def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
     values.setdefault("latency_batch", 8 if values["type"] == CLASSIFICATION else 1)
     if not isinstance(values["type"], str) or values["type"] not in (CLASSIFICATION, CAUSAL_LM):
         raise ConfigError(f"{where}: key 'type' must be {CLASSIFICATION!r} or {CAUSAL_LM!r}, got {values['type']!r}")
-    for key in ("max_length", "seq_len", "max_tokens", "eval_limit", "train_limit", "latency_batch", "stride"):
+    for key in ("max_length", "seq_len", "max_tokens", "eval_limit", "train_limit", "latency_batch", "stride",
+                "lm_eval_limit"):
         if values.get(key) is not None:
             low = 1 if key in ("latency_batch", "stride") else 2
             values[key] = _number(values[key], int, low, f"{where}: key {key!r}")
+    if "lm_eval_tasks" in values:
+        values["lm_eval_tasks"] = _lm_eval_tasks(values["lm_eval_tasks"], values["type"], where)
     if "test_fraction" in values:
         fraction = _number(values["test_fraction"], float, 0.01, f"{where}: key 'test_fraction'")
         if fraction >= 1:
@@ -297,6 +305,16 @@ def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:
     if spec.stride is not None and spec.stride > spec.seq_len:
         raise ConfigError(f"{where}: key 'stride' must be at most seq_len ({spec.seq_len}), got {spec.stride}")
     return spec
+
+
+def _lm_eval_tasks(names: Any, kind: str, where: str) -> tuple[str, ...]:
+    """A causal-lm task's `lm_eval_tasks`: distinct lm-eval task names (checked against lm-eval when scored)."""
+    ok = isinstance(names, list) and names and all(isinstance(n, str) and n.strip() == n and n for n in names)
+    if kind != CAUSAL_LM or not ok or len(set(names)) != len(names):
+        raise ConfigError(f"{where}: key 'lm_eval_tasks' must be a non-empty list of distinct lm-eval task names on "
+                          f"a {CAUSAL_LM!r} task (offline: [\"compbench_bbc_topic_mc\"]), got {names!r} on a "
+                          f"{kind!r} task")
+    return tuple(names)
 
 
 def _parse_compressor(raw: Any, where: str) -> list[CompressorSpec]:

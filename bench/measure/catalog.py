@@ -27,6 +27,11 @@ QUALITY = {
     "perplexity": ("perplexity_change", "%", 100.0, False),  # variant / baseline - 1, percent
 }
 PAIRED_QUALITY = {"accuracy_delta": True, "perplexity_change": False}  # paired metric -> higher is better
+# lm-evaluation-harness tasks (bench.measure.lm_eval_task): one metric per task, the task name after the
+# prefix, e.g. "task_accuracy:compbench_bbc_topic_mc" (fraction, higher better), and its paired change against
+# the baseline on the same examples, "task_accuracy_delta:<task>" (fraction, higher better).
+TASK_ACCURACY = "task_accuracy:"
+TASK_ACCURACY_DELTA = "task_accuracy_delta:"
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,16 @@ COLUMNS = (
     Column("compress_seconds", "compress time", "seconds", None, False),
 )
 COLUMN_BY_METRIC = {c.metric: c for c in COLUMNS}
+
+
+def task_column(metric: str) -> Column | None:
+    """The column of an lm-eval task's accuracy or of its paired change (the task named in the title); else None."""
+    if metric.startswith(TASK_ACCURACY):
+        return Column(metric, f"{metric[len(TASK_ACCURACY):]} accuracy", "percent", "pt", True)
+    if metric.startswith(TASK_ACCURACY_DELTA):
+        return Column(metric, f"Δ {metric[len(TASK_ACCURACY_DELTA):]} accuracy, paired", "points", None, True)
+    return None
+
 QUALITY_METRICS = frozenset({"accuracy", "macro_f1", "perplexity", "accuracy_delta", "perplexity_change",
                              "flip_rate", "kl_from_baseline"})
 # In the data but left out of the comparison table to keep it readable (sparsity says what nonzero_params

@@ -30,6 +30,7 @@ from bench.measure.catalog import (
     SLOWER_WITHOUT_CI,
     Column,
     sig3,
+    task_column,
 )
 from bench.results.store import OK
 
@@ -249,7 +250,7 @@ ARROWS = {True: "↑", False: "↓", None: ""}
 
 def column_for(metric: str, unit: str | None = None, higher_is_better: bool | None = None) -> Column:
     """The display column of any metric (a generic one for metrics this module does not know)."""
-    column = COLUMN_BY_METRIC.get(metric, Column(metric, metric.replace("_", " ")))
+    column = COLUMN_BY_METRIC.get(metric) or task_column(metric) or Column(metric, metric.replace("_", " "))
     up = higher_is_better if isinstance(higher_is_better, bool) else column.higher_is_better
     return replace(column, higher_is_better=up, unit=unit or column.unit)
 

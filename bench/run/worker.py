@@ -14,6 +14,7 @@ The order of work is chosen so each number means one thing:
 6. at the last stage release the baseline; reset the peak-memory mark, score quality on the
    held-out split (peak_memory_bytes is the process's high-water mark during that scoring;
    where the mark cannot be reset the row says so), keeping per-example scores for pairing;
+   a causal LM with `lm_eval_tasks` is then scored on them through lm-evaluation-harness;
 7. write the records so far to RESULT.json (whole, atomically) before the next stage starts.
 
 A stage that is unavailable or fails ends the cell with a skipped or error record stamped with
@@ -155,6 +156,11 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
             with clock.phase("quality"):
                 quality = task.evaluate(compressed, bootstrap=cell["bootstrap"])
             memory = memory_measurement(device, reset=memory_reset)
+            if spec.type == CAUSAL_LM and spec.lm_eval_tasks:  # after the peak-memory mark: the harness's own use
+                from bench.data.lm_eval_tasks import lm_eval_measurements
+
+                with clock.phase("lm_eval"):
+                    quality += lm_eval_measurements(task, compressed, bootstrap=cell["bootstrap"])
             extra["phases"] = clock.take()  # measured[0] holds `extra`: its row carries the stage's phases
             if stage != last_stage:
                 memory.extra["note"] = "the baseline was held in memory too (later stages need it)"
