@@ -121,7 +121,8 @@ def test_smoothed_w8a8_beats_plain_w8a8_on_the_same_runtime_and_reloads(tmp_path
     ctx = CompressContext(data=Calibration(), work_dir=tmp_path)
     plain = (build("int8-static", {"calibration_batches": 4}) if params.get("activations") == "static"
              else build("int8-dynamic", {"backend": params["backend"]})).compress(model, ctx)
-    smoothed = build("smoothquant", {**params, "calibration_batches": 4}).compress(model, ctx)
+    smoothed = build("smoothquant", {**params, "alpha": 0.5, "smooth_down": False, "calibration_batches": 4}
+                     ).compress(model, ctx)
     assert smoothed.runtime == plain.runtime
     assert smoothed.provenance["smoothed_pairs"] == 4
     batches = list(Calibration().calibration_batches(4))
@@ -160,8 +161,9 @@ def test_auto_alpha_with_smooth_down_beats_plain_on_massive_activations(tmp_path
     ctx = CompressContext(data=Calibration(), work_dir=tmp_path)
     plain = (build("int8-static", {"calibration_batches": 4}) if activations == "static"
              else build("int8-dynamic", {"backend": "onnxruntime"})).compress(model, ctx)
-    smoothed = build("smoothquant", {"alpha": "auto", "smooth_down": True, "activations": activations,
-                                     "calibration_batches": 4, "search_batches": 2}).compress(model, ctx)
+    # the defaults: alpha "auto", smooth_down on
+    smoothed = build("smoothquant", {"activations": activations, "calibration_batches": 4,
+                                     "search_batches": 2}).compress(model, ctx)
     alphas = [float(a) for a in smoothed.provenance["smoothquant_alphas"].split()]
     assert len(alphas) == smoothed.provenance["smoothed_pairs"] == 6
     batches = list(Calibration().calibration_batches(4))
