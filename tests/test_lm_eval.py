@@ -152,3 +152,56 @@ def test_graph_runtimes_and_unreachable_tasks_give_one_line_skips(scored, monkey
         runtime, tokenizer = "onnxruntime", baseline.tokenizer
     skipped, = lm_eval_measurements(task, Graph())
     assert skipped[1] == METRIC and "'onnxruntime'" in skipped[2]
+
+
+LM_EVAL_MATRIX = f"""
+name = "lmeval"
+threads = 1
+latency_min_iters = 2
+latency_min_seconds = 0.01
+latency_max_seconds = 0.2
+latency_warmup = 0
+latency_precision = 0
+bootstrap = 50
+
+[[task]]
+name = "lm-bbc"
+model = "tiny-llama"
+seq_len = 64
+max_tokens = 256
+lm_eval_tasks = ["{BBC_TOPIC_TASK}", "hellaswag"]
+lm_eval_limit = 10
+
+[[compressor]]
+name = "identity"
+
+[[compressor]]
+name = "weight-only"
+bits = 4
+group_size = 32
+"""
+
+
+@pytest.mark.slow  # two cells in their own processes, each importing torch, transformers and lm-eval: ~1-2 min
+def test_cli_run_scores_pairs_and_reports_the_task(tmp_path):
+    pytest.importorskip("lm_eval")
+    from bench.results.store import load
+    from tests.conftest import compbench
+
+    (tmp_path / "m.toml").write_text(LM_EVAL_MATRIX)
+    result = compbench("run", "m.toml", "--run-id", "r", "--device", "cpu", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    frame = load(tmp_path / "results" / "r")
+    rows = frame.set_index(["compressor", "metric"])
+    for compressor in ("identity", "weight-only"):
+        row = rows.loc[(compressor, METRIC)]
+        assert row.status == "ok" and row.n == 10 and row.ci_low <= row.value <= row.ci_high
+        skipped = rows.loc[(compressor, "task_accuracy:hellaswag")]  # the tests run with HF_HUB_OFFLINE=1
+        assert skipped.status == "skipped" and "HF_HUB_OFFLINE is set" in skipped.reason
+    delta = rows.loc[("weight-only", f"task_accuracy_delta:{BBC_TOPIC_TASK}")]
+    assert math.isclose(delta.value, rows.loc[("weight-only", METRIC)].value - rows.loc[("identity", METRIC)].value,
+                        abs_tol=1e-12)
+    assert delta.ci_low <= delta.value <= delta.ci_high
+    assert "perplexity_change" in frame.metric.values  # beside perplexity, not instead of it
+    report = next((tmp_path / "reports").rglob("index.md")).read_text()
+    assert f"{BBC_TOPIC_TASK} accuracy" in report

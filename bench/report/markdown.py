@@ -24,6 +24,7 @@ from bench.measure.catalog import (
     QUALITY_METRICS,
     SIZE_GAIN_MIN,
     Column,
+    task_column,
 )
 from bench.report.answer import absent_devices, answer_for, answer_table, baseline_noise, pick_text
 from bench.report.chains import chain_cells, chain_table
@@ -183,8 +184,8 @@ def device_section(task: str, device: str, rows: pd.DataFrame, run_dir: Path | N
         blocks += [Paragraph(noise)] if noise else []
     blocks += _plots(task, device, table, columns, numbers)
 
-    quality_columns = [c for c in columns if c.metric in QUALITY_METRICS]
-    cost_columns = [c for c in columns if c.metric not in QUALITY_METRICS]
+    quality_columns = [c for c in columns if c.metric in QUALITY_METRICS or task_column(c.metric)]
+    cost_columns = [c for c in columns if c not in quality_columns]
     blocks += [Heading(4, f"All variants: quality ({task} on {device})"),
                Table(*render_table(table, quality_columns, with_runtime=False), kind="flags")]
     if cost_columns and len(measured):

@@ -56,7 +56,7 @@ def columns_for(rows: pd.DataFrame) -> list[Column]:
     ok = rows[(rows.status == OK) & rows.value.notna()]
     recorded = {r.metric: r for r in ok.drop_duplicates("metric").itertuples()}
     known = [c for c in COLUMNS if c.metric in recorded]
-    known += [Column(m, m.replace("_", " ")) for m in recorded if m not in HIDDEN and m not in
+    known += [task_column(m) or Column(m, m.replace("_", " ")) for m in recorded if m not in HIDDEN and m not in
               {c.metric for c in COLUMNS}]
     out = []
     for column in known:

@@ -159,7 +159,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
             if spec.type == CAUSAL_LM and spec.lm_eval_tasks:  # after the peak-memory mark: the harness's own use
                 from bench.data.lm_eval_tasks import lm_eval_measurements
 
-                with clock.phase("lm_eval"):
+                with clock.phase("quality"):  # lm-eval scoring is quality scoring too
                     quality += lm_eval_measurements(task, compressed, bootstrap=cell["bootstrap"])
             extra["phases"] = clock.take()  # measured[0] holds `extra`: its row carries the stage's phases
             if stage != last_stage:
