@@ -161,8 +161,8 @@ def test_auto_alpha_with_smooth_down_beats_plain_on_massive_activations(tmp_path
     ctx = CompressContext(data=Calibration(), work_dir=tmp_path)
     plain = (build("int8-static", {"calibration_batches": 4}) if activations == "static"
              else build("int8-dynamic", {"backend": "onnxruntime"})).compress(model, ctx)
-    # the defaults: alpha "auto", smooth_down on
-    smoothed = build("smoothquant", {"activations": activations, "calibration_batches": 4,
+    # smooth_down is on by default
+    smoothed = build("smoothquant", {"alpha": "auto", "activations": activations, "calibration_batches": 4,
                                      "search_batches": 2}).compress(model, ctx)
     alphas = [float(a) for a in smoothed.provenance["smoothquant_alphas"].split()]
     assert len(alphas) == smoothed.provenance["smoothed_pairs"] == 6
