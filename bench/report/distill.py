@@ -152,6 +152,8 @@ def kd_table(table: pd.DataFrame, found: list[Gain]) -> tuple[list[str], list[li
 def training(row: pd.Series | None) -> dict[str, Any]:
     """The training facts a cell's provenance recorded (steps, examples_seen, ...), {} when none."""
     facts = row.get("training") if row is not None else None
+    if isinstance(facts, dict) and isinstance(facts.get("recovery"), dict):  # a pruner's healing fine-tune
+        facts = facts["recovery"]
     return facts if isinstance(facts, dict) else {}
 
 

@@ -34,7 +34,7 @@ from compressors.core.base import (
     check_range,
 )
 from compressors.core.registry import register
-from compressors.prune.recovery import RecoverySettings, recover_
+from compressors.prune.recovery import TEACHER_WEIGHT, RecoverySettings, recover_
 from compressors.prune.structure_scores import block_influence
 
 STRATEGIES = ("importance", "last", "every-other")
@@ -45,7 +45,7 @@ class LayerDropConfig(CompressorConfig):
     """strategy: "importance" (lowest ShortGPT block influence on `calibration_batches`), "last" or
     "every-other". Give exactly one of count (blocks removed, >= 1) or ratio (fraction of blocks
     removed, 0 < ratio < 1, rounded down, at least one). recovery_steps / recovery_lr /
-    recovery_teacher: optional fine-tune afterwards, as in prune-structured."""
+    recovery_teacher / recovery_teacher_weight: optional fine-tune afterwards, as in prune-structured."""
 
     strategy: str = "importance"
     count: int = 0
@@ -54,6 +54,7 @@ class LayerDropConfig(CompressorConfig):
     recovery_steps: int = 0
     recovery_lr: float = 5e-5
     recovery_teacher: bool = False
+    recovery_teacher_weight: float = TEACHER_WEIGHT
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
@@ -68,7 +69,13 @@ class LayerDropConfig(CompressorConfig):
         if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
                 or self.calibration_batches < 1:
             raise ValueError(f"calibration_batches must be an integer >= 1, got {self.calibration_batches!r}")
-        RecoverySettings(self.recovery_steps, self.recovery_lr, self.recovery_teacher)
+        _ = self.recovery
+
+    @property
+    def recovery(self) -> RecoverySettings:
+        """The recovery fine-tune's settings (validated on construction)."""
+        return RecoverySettings(self.recovery_steps, self.recovery_lr, self.recovery_teacher,
+                                self.recovery_teacher_weight)
 
 
 def find_layers(root: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -158,6 +165,15 @@ class LayerDrop(Compressor):
 
     config: LayerDropConfig
 
+    def companion(self) -> tuple[str, dict[str, Any]] | None:
+        """With a teacher-healed recovery: the same pruning and fine-tune (steps, lr, seed, batches) on the
+        next-token/task loss alone, so the report pairs KD healing with plain fine-tuning."""
+        cfg = self.config
+        if not cfg.recovery_teacher or cfg.recovery_steps == 0:
+            return None
+        params = {k: v for k, v in cfg.to_params().items() if not k.startswith("recovery_teacher")}
+        return "layer-drop", {**params, **cfg.recovery.without_teacher()}
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         cfg = self.config
         if not isinstance(model, TorchModel):
@@ -172,7 +188,7 @@ class LayerDrop(Compressor):
             if cfg.strategy == "importance" else None
         drop = layers_to_drop(cfg.strategy, depth, n, influence)
         drop_layers_(module, name, layers, drop)
-        recovery = recover_(module, ctx, RecoverySettings(cfg.recovery_steps, cfg.recovery_lr, cfg.recovery_teacher))
+        recovery = recover_(module, ctx, cfg.recovery)
         module.eval()
         new = model.replace(module=module, notes=model.notes + (
             f"layer drop ({cfg.strategy}): {depth - n} of {depth} transformer layers kept",))

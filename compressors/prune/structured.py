@@ -54,7 +54,7 @@ from compressors.core.base import (
     check_range,
 )
 from compressors.core.registry import register
-from compressors.prune.recovery import RecoverySettings, recover_
+from compressors.prune.recovery import TEACHER_WEIGHT, RecoverySettings, recover_
 from compressors.prune.structure_scores import (
     IMPORTANCES,
     channel_scores,
@@ -76,7 +76,9 @@ class StructuredConfig(CompressorConfig):
     in every block, 0 < ratio < 1 (at least one head or KV group always stays).
     importance: "magnitude" (squared weights of the group) or "taylor" (|w x grad| of the task loss
     on `calibration_batches` train batches). recovery_steps: optional fine-tune steps after pruning
-    (0 = none) at peak `recovery_lr`; recovery_teacher: mix KL to the teacher's logits into its loss."""
+    (0 = none) at peak `recovery_lr`; recovery_teacher: mix KL to the teacher's logits into its loss, with
+    weight recovery_teacher_weight (0 < w <= 1, default 0.5; 1 = the KL alone). A cell with the teacher
+    and steps > 0 is always measured beside its companion, the same fine-tune without the teacher."""
 
     ratio: float = 0.5
     importance: str = "magnitude"
@@ -84,6 +86,7 @@ class StructuredConfig(CompressorConfig):
     recovery_steps: int = 0
     recovery_lr: float = 5e-5
     recovery_teacher: bool = False
+    recovery_teacher_weight: float = TEACHER_WEIGHT
 
     def __post_init__(self):
         check_range("ratio", self.ratio, 0.0, 1.0)
@@ -93,7 +96,13 @@ class StructuredConfig(CompressorConfig):
         if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
                 or self.calibration_batches < 1:
             raise ValueError(f"calibration_batches must be an integer >= 1, got {self.calibration_batches!r}")
-        RecoverySettings(self.recovery_steps, self.recovery_lr, self.recovery_teacher)  # validates those three
+        _ = self.recovery  # validates those four
+
+    @property
+    def recovery(self) -> RecoverySettings:
+        """The recovery fine-tune's settings (validated on construction)."""
+        return RecoverySettings(self.recovery_steps, self.recovery_lr, self.recovery_teacher,
+                                self.recovery_teacher_weight)
 
 
 @dataclass
@@ -306,6 +315,15 @@ class StructuredPrune(Compressor):
 
     config: StructuredConfig
 
+    def companion(self) -> tuple[str, dict[str, Any]] | None:
+        """With a teacher-healed recovery: the same pruning and fine-tune (steps, lr, seed, batches) on the
+        next-token/task loss alone, so the report pairs KD healing with plain fine-tuning."""
+        cfg = self.config
+        if not cfg.recovery_teacher or cfg.recovery_steps == 0:
+            return None
+        params = {k: v for k, v in cfg.to_params().items() if not k.startswith("recovery_teacher")}
+        return "prune-structured", {**params, **cfg.recovery.without_teacher()}
+
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         cfg = self.config
         if not isinstance(model, TorchModel):
@@ -332,7 +350,7 @@ class StructuredPrune(Compressor):
                                         f"(heads {heads_before[0]}, MLP channels {channels_before[0]})")
         if len(set(channels)) == 1 and len(set(heads)) == 1:
             _update_config(module, blocks.family, heads[0][0], heads[0][1], blocks.attention[0].head_dim, channels[0])
-        recovery = recover_(module, ctx, RecoverySettings(cfg.recovery_steps, cfg.recovery_lr, cfg.recovery_teacher))
+        recovery = recover_(module, ctx, cfg.recovery)
         module.eval()
         new = model.replace(module=module, notes=model.notes + (
             f"structured pruning: {heads[0][0]}/{heads_before[0][0]} attention heads and "
