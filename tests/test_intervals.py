@@ -63,12 +63,22 @@ def test_identity_decode_speedup_against_itself_covers_one_about_95_percent_of_t
     assert 0.93 <= covered / trials <= 0.97
 
 
+def test_time_to_first_token_is_the_median_over_rounds_in_ms():
+    first, tokens_per_s, ratio = decode_measurements([0.01] * 5, [0.02] * 5, new_tokens=64, prompt_tokens=64,
+                                                     first_token_s=[0.30, 0.10, 0.20, 0.50, 0.40])
+    assert first.metric == "time_to_first_token_ms" and first.unit == "ms" and first.higher_is_better is False
+    assert first.value == pytest.approx(300.0) and first.n == 5
+    assert first.extra["p90_ms"] == pytest.approx(460.0) and first.extra["prompt_tokens"] == 64
+    assert ratio.metric == "decode_speedup" and ratio.value == pytest.approx(2.0)
+
+
 def test_time_decode_interleaves_enough_rounds_by_default(monkeypatch):
     order = []
     monkeypatch.setattr(decode, "_timed_call", lambda fn, device: (fn(), 1.0)[1])
     gens = {name: (lambda k, name=name: order.append((name, k))) for name in ("baseline", "compressed")}
-    per_token = time_decode(gens, new_tokens=5)
-    assert DECODE_ROUNDS >= 8 and {len(v) for v in per_token.values()} == {DECODE_ROUNDS}
+    rounds = time_decode(gens, new_tokens=5)
+    assert DECODE_ROUNDS >= 8 and {len(v.per_token) for v in rounds.values()} == {DECODE_ROUNDS}
+    assert {len(v.first_token) for v in rounds.values()} == {DECODE_ROUNDS}
     timed = [name for name, k in order[2:] if k == 5]  # after one warm-up call each
     assert timed[:4] == ["baseline", "compressed", "compressed", "baseline"]  # who goes first rotates
 

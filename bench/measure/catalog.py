@@ -72,6 +72,7 @@ COLUMNS = (
     Column("latency_p95", "p95 latency", "ms", None, False),
     Column("throughput", "throughput", "number", None, True),
     Column("decode_tokens_per_s", "decode", "number", None, True),
+    Column("time_to_first_token_ms", "first token", "ms", None, False),
     Column("peak_memory_bytes", "peak memory", "bytes", "factor", False),
     Column("compress_seconds", "compress time", "seconds", None, False),
 )

@@ -7,6 +7,7 @@ time reading the KV cache, where weight-only formats (less memory traffic) can h
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -23,15 +24,26 @@ DECODE_ROUNDS = 10
 INTERVAL = "t interval over per-round log-ratios (rounds interleaved with the baseline)"
 
 
+@dataclass(frozen=True)
+class DecodeRounds:
+    """One generator's decode timing, one value per round: seconds per decoded token (prefill
+    removed) and seconds to the first token (the prompt's prefill plus one step: what a chat
+    user waits before anything appears)."""
+
+    per_token: list[float]
+    first_token: list[float]
+
+
 def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int, device: str = "cpu",
-                rounds: int = DECODE_ROUNDS) -> dict[str, list[float]]:
-    """Seconds per decoded token of each generator, one value per round.
+                rounds: int = DECODE_ROUNDS) -> dict[str, DecodeRounds]:
+    """Decode timing of each generator, one value per round.
 
     `generators[name](k)` generates exactly k new tokens (greedy, batch 1, KV cache) after a
-    fixed prompt. Per round and generator: t(new_tokens) - t(1) removes the prefill and the
-    first token, leaving new_tokens - 1 decode steps; the generators alternate order by round
-    (as in `time_interleaved`), so round i of every generator saw the same machine state and
-    per-round ratios pair them. One untimed warm-up call each first.
+    fixed prompt. Per round and generator: t(1) is the time to the first token, and
+    t(new_tokens) - t(1) removes the prefill and the first token, leaving new_tokens - 1 decode
+    steps; the generators alternate order by round (as in `time_interleaved`), so round i of
+    every generator saw the same machine state and per-round ratios pair them. One untimed
+    warm-up call each first.
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 (one prefill token and one decode step), got {new_tokens}")
@@ -42,6 +54,7 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
         generators[name](2)
     _synchronize(device)
     per_token: dict[str, list[float]] = {name: [] for name in names}
+    first_token: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
@@ -49,7 +62,8 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
             full = _timed_call(partial(generate, new_tokens), device)
             first = _timed_call(partial(generate, 1), device)
             per_token[name].append(max(full - first, 1e-9) / (new_tokens - 1))
-    return per_token
+            first_token[name].append(first)
+    return {name: DecodeRounds(per_token[name], first_token[name]) for name in names}
 
 
 def log_ratio_interval(log_ratios: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
@@ -66,7 +80,7 @@ def log_ratio_interval(log_ratios: np.ndarray, level: float = LEVEL) -> tuple[fl
 
 
 def decode_measurements(per_token_s: list[float], baseline_per_token_s: list[float], new_tokens: int,
-                        prompt_tokens: int) -> list[Measurement]:
+                        prompt_tokens: int, first_token_s: list[float] | None = None) -> list[Measurement]:
     """decode_tokens_per_s (higher is better) and decode_speedup against the baseline timed alongside.
 
     decode_tokens_per_s = 1 / median seconds per decoded token over rounds; n = rounds.
@@ -75,6 +89,8 @@ def decode_measurements(per_token_s: list[float], baseline_per_token_s: list[flo
     better; n = rounds; 95% interval: a t interval on the mean log-ratio, exponentiated (none
     with a single round). The per-round ratios' min and max are kept in the details as
     `round_ratio_range`: a range, not an interval.
+    With `first_token_s` (seconds per round), also time_to_first_token_ms: the median over
+    rounds, lower is better, n = rounds, its 90th percentile in the details.
     """
     extra = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "batch": 1, "cache": "kv"}
     mine, base = np.asarray(per_token_s, dtype=np.float64), np.asarray(baseline_per_token_s, dtype=np.float64)
@@ -87,7 +103,13 @@ def decode_measurements(per_token_s: list[float], baseline_per_token_s: list[flo
     speedup_extra = {**extra, "interval": INTERVAL if interval else "none (one round)",
                      "round_ratio_range": [float(ratios.min()), float(ratios.max())]}
     low, high = interval or (None, None)
-    return [Measurement("decode_tokens_per_s", float(1 / np.median(mine)), TOKENS_PER_S, True, n=len(mine),
+    first = []
+    if first_token_s is not None:
+        ms = 1000 * np.asarray(first_token_s, dtype=np.float64)
+        first = [Measurement("time_to_first_token_ms", float(np.median(ms)), "ms", False, n=len(ms),
+                             extra={**extra, "p90_ms": float(np.percentile(ms, 90)),
+                                    "what": "prefill of the prompt plus one generated token, median over rounds"})]
+    return first + [Measurement("decode_tokens_per_s", float(1 / np.median(mine)), TOKENS_PER_S, True, n=len(mine),
                         extra=dict(extra)),
             Measurement("decode_speedup", float(np.exp(log_ratios.mean())), "x", True, n=len(mine),
                         ci_low=low, ci_high=high, extra=speedup_extra)]

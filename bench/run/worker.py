@@ -224,18 +224,19 @@ def _load_student(spec, task, seed: int, policy, name: str):
 
 
 def _decode(task, baseline, compressed, device: str) -> list[Measurement | tuple[str, str]]:
-    """decode_tokens_per_s and decode_speedup, or a skipped metric saying why this runtime cannot."""
+    """decode_tokens_per_s, decode_speedup and time_to_first_token_ms, or a skipped metric saying why this runtime
+    cannot."""
     from bench.measure.decode import decode_measurements, time_decode
 
     length = min(128, task.spec.seq_len // 4)  # prompt and new tokens (128 each at seq_len 512)
     prompt = task.test_tokens[:length][None, :]  # (1, T)
     try:
-        per_token = time_decode({"baseline": partial(baseline.generate, prompt),
-                                 "compressed": partial(compressed.generate, prompt)}, new_tokens=length,
-                                device=device)
+        rounds = time_decode({"baseline": partial(baseline.generate, prompt),
+                              "compressed": partial(compressed.generate, prompt)}, new_tokens=length, device=device)
     except NotImplementedError as exc:
         return [("metric-skipped", "decode_tokens_per_s", str(exc))]
-    return decode_measurements(per_token["compressed"], per_token["baseline"], length, prompt.shape[1])
+    return decode_measurements(rounds["compressed"].per_token, rounds["baseline"].per_token, length, prompt.shape[1],
+                               first_token_s=rounds["compressed"].first_token)
 
 
 def main(argv: list[str]) -> int:
