@@ -52,6 +52,16 @@ class RecoverySettings:
         return {"recovery_steps": self.steps, "recovery_lr": self.lr, "recovery_teacher": False}
 
 
+def untaught_twin(name: str, params: dict[str, Any], settings: RecoverySettings) -> tuple[str, dict[str, Any]] | None:
+    """A pruner's companion (`Compressor.companion`): with a teacher-healed recovery, the same pruning
+    `params` and fine-tune (steps, lr, seed, batches) on the task loss alone, so the report pairs KD
+    healing with plain fine-tuning; None without a teacher or without steps."""
+    if not settings.teacher or settings.steps == 0:
+        return None
+    kept = {k: v for k, v in params.items() if not k.startswith("recovery_teacher")}
+    return name, {**kept, **settings.without_teacher()}
+
+
 def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]
 

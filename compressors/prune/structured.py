@@ -54,7 +54,7 @@ from compressors.core.base import (
     check_range,
 )
 from compressors.core.registry import register
-from compressors.prune.recovery import TEACHER_WEIGHT, RecoverySettings, recover_
+from compressors.prune.recovery import TEACHER_WEIGHT, RecoverySettings, recover_, untaught_twin
 from compressors.prune.structure_scores import (
     IMPORTANCES,
     channel_scores,
@@ -316,13 +316,8 @@ class StructuredPrune(Compressor):
     config: StructuredConfig
 
     def companion(self) -> tuple[str, dict[str, Any]] | None:
-        """With a teacher-healed recovery: the same pruning and fine-tune (steps, lr, seed, batches) on the
-        next-token/task loss alone, so the report pairs KD healing with plain fine-tuning."""
-        cfg = self.config
-        if not cfg.recovery_teacher or cfg.recovery_steps == 0:
-            return None
-        params = {k: v for k, v in cfg.to_params().items() if not k.startswith("recovery_teacher")}
-        return "prune-structured", {**params, **cfg.recovery.without_teacher()}
+        """The same pruning healed without the teacher, when this one is healed with it (`untaught_twin`)."""
+        return untaught_twin(self.name, self.config.to_params(), self.config.recovery)
 
     def compress(self, model: Model, ctx: CompressContext) -> Model:
         cfg = self.config
