@@ -83,6 +83,39 @@ def test_time_decode_interleaves_enough_rounds_by_default(monkeypatch):
     assert timed[:4] == ["baseline", "compressed", "compressed", "baseline"]  # who goes first rotates
 
 
+
+def _fake_clock(monkeypatch, seconds_of):
+    """_timed_call returns seconds_of(name, k, call index) instead of timing: a deterministic machine."""
+    calls = []
+
+    def timed(fn, device):
+        name, k = fn()
+        calls.append((name, k))
+        return seconds_of(name, k, len(calls))
+
+    monkeypatch.setattr(decode, "_timed_call", timed)
+    return calls
+
+
+def test_decode_rounds_stop_once_the_speedup_is_known_and_not_before(monkeypatch):
+    gens = {name: (lambda k, name=name: (name, k)) for name in ("baseline", "compressed")}
+    # A steady pair (compressed exactly twice as fast, up to 1% jitter): precision 5% is met at the minimum.
+    rng = np.random.default_rng(0)
+    _fake_clock(monkeypatch, lambda name, k, i: (0.02 if name == "baseline" else 0.01) * k * (1 + 0.01 * rng.random()))
+    steady = time_decode(gens, new_tokens=5, precision=0.05)
+    assert {len(v.per_token) for v in steady.values()} == {decode.MIN_DECODE_ROUNDS}
+    assert steady["compressed"].stopped.startswith("precision 0.05 reached")
+    # A noisy pair (+-40% per call) never gets there: every round runs, and the row says so.
+    _fake_clock(monkeypatch, lambda name, k, i: 0.01 * k * float(np.exp(rng.normal(0, 0.4))))
+    noisy = time_decode(gens, new_tokens=5, precision=0.05)
+    assert {len(v.per_token) for v in noisy.values()} == {DECODE_ROUNDS} and noisy["baseline"].stopped == "round cap"
+    ratio = decode_measurements(noisy["compressed"].per_token, noisy["baseline"].per_token, 5, 5,
+                                stopped=noisy["compressed"].stopped)[-1]
+    assert ratio.extra["timing_stopped"] == "round cap"
+    with pytest.raises(ValueError, match="relative half-width"):
+        time_decode(gens, new_tokens=5, precision=5)
+
+
 # ---- KL from unrounded log-probabilities -------------------------------------------------------
 
 

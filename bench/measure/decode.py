@@ -14,13 +14,16 @@ import numpy as np
 
 from bench.measure import Measurement
 from bench.measure.accuracy import LEVEL
-from bench.measure.latency import _synchronize, _timed_call, t_half_width
+from bench.measure.latency import _synchronize, _timed_call, relative_half_width, t_half_width
 
 TOKENS_PER_S = "tokens/s"
 # Rounds of decode timing. The speed-up's interval is a t interval over the rounds' log-ratios,
 # so it needs more than a handful: with 3 rounds t(0.975, 2) = 4.3 and any interval is too wide
 # to judge; 10 rounds (t = 2.26) keep the decode timing of a quick cell within a minute on a CPU.
 DECODE_ROUNDS = 10
+# With a precision target, timing may stop after this many rounds (t(0.975, 4) = 2.78): a steady
+# pair is known within a few percent by then, and a noisy one goes on to DECODE_ROUNDS.
+MIN_DECODE_ROUNDS = 5
 INTERVAL = "t interval over per-round log-ratios (rounds interleaved with the baseline)"
 
 
@@ -28,14 +31,16 @@ INTERVAL = "t interval over per-round log-ratios (rounds interleaved with the ba
 class DecodeRounds:
     """One generator's decode timing, one value per round: seconds per decoded token (prefill
     removed) and seconds to the first token (the prompt's prefill plus one step: what a chat
-    user waits before anything appears)."""
+    user waits before anything appears). `stopped` says what ended the rounds."""
 
     per_token: list[float]
     first_token: list[float]
+    stopped: str = "fixed rounds"
 
 
 def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int, device: str = "cpu",
-                rounds: int = DECODE_ROUNDS) -> dict[str, DecodeRounds]:
+                rounds: int = DECODE_ROUNDS, precision: float | None = None,
+                min_rounds: int = MIN_DECODE_ROUNDS) -> dict[str, DecodeRounds]:
     """Decode timing of each generator, one value per round.
 
     `generators[name](k)` generates exactly k new tokens (greedy, batch 1, KV cache) after a
@@ -44,17 +49,25 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
     steps; the generators alternate order by round (as in `time_interleaved`), so round i of
     every generator saw the same machine state and per-round ratios pair them. One untimed
     warm-up call each first.
+
+    Without `precision`, exactly `rounds` rounds. With it (a relative half-width, e.g. 0.05),
+    timing stops after `min_rounds` or any later round once every generator's per-token ratio to
+    the first generator is known that closely (`relative_half_width`), and at `rounds` at the
+    latest: a steady pair costs half the rounds, a noisy one gets them all.
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 (one prefill token and one decode step), got {new_tokens}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if precision is not None and not 0 < precision < 1:
+        raise ValueError(f"precision must be a relative half-width in (0, 1), e.g. 0.05, got {precision}")
     names = list(generators)
     for name in names:
         generators[name](2)
     _synchronize(device)
     per_token: dict[str, list[float]] = {name: [] for name in names}
     first_token: dict[str, list[float]] = {name: [] for name in names}
+    stopped = "fixed rounds" if precision is None else "round cap"
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
@@ -63,7 +76,13 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
             first = _timed_call(partial(generate, 1), device)
             per_token[name].append(max(full - first, 1e-9) / (new_tokens - 1))
             first_token[name].append(first)
-    return {name: DecodeRounds(per_token[name], first_token[name]) for name in names}
+        if precision is not None and r + 1 >= min(min_rounds, rounds) and r + 1 < rounds:
+            reference = np.log(per_token[names[0]])
+            widest = max((relative_half_width(reference - np.log(per_token[n])) for n in names[1:]), default=0.0)
+            if widest <= precision:
+                stopped = f"precision {precision:g} reached after {r + 1} rounds"
+                break
+    return {name: DecodeRounds(per_token[name], first_token[name], stopped) for name in names}
 
 
 def log_ratio_interval(log_ratios: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
@@ -80,7 +99,8 @@ def log_ratio_interval(log_ratios: np.ndarray, level: float = LEVEL) -> tuple[fl
 
 
 def decode_measurements(per_token_s: list[float], baseline_per_token_s: list[float], new_tokens: int,
-                        prompt_tokens: int, first_token_s: list[float] | None = None) -> list[Measurement]:
+                        prompt_tokens: int, first_token_s: list[float] | None = None,
+                        stopped: str | None = None) -> list[Measurement]:
     """decode_tokens_per_s (higher is better) and decode_speedup against the baseline timed alongside.
 
     decode_tokens_per_s = 1 / median seconds per decoded token over rounds; n = rounds.
@@ -90,7 +110,8 @@ def decode_measurements(per_token_s: list[float], baseline_per_token_s: list[flo
     with a single round). The per-round ratios' min and max are kept in the details as
     `round_ratio_range`: a range, not an interval.
     With `first_token_s` (seconds per round), also time_to_first_token_ms: the median over
-    rounds, lower is better, n = rounds, its 90th percentile in the details.
+    rounds, lower is better, n = rounds, its 90th percentile in the details. `stopped` (what
+    ended the rounds, from `time_decode`) goes into the speed-up's details as `timing_stopped`.
     """
     extra = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "batch": 1, "cache": "kv"}
     mine, base = np.asarray(per_token_s, dtype=np.float64), np.asarray(baseline_per_token_s, dtype=np.float64)
@@ -102,6 +123,8 @@ def decode_measurements(per_token_s: list[float], baseline_per_token_s: list[flo
     ratios = np.exp(log_ratios)
     speedup_extra = {**extra, "interval": INTERVAL if interval else "none (one round)",
                      "round_ratio_range": [float(ratios.min()), float(ratios.max())]}
+    if stopped:
+        speedup_extra["timing_stopped"] = stopped
     low, high = interval or (None, None)
     first = []
     if first_token_s is not None:

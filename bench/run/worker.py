@@ -147,7 +147,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
             measured.append(speedup(timings["baseline"], timings["compressed"]))
             if spec.type == CAUSAL_LM:
                 with clock.phase("decode"):
-                    measured += _decode(task, reference, compressed, device)
+                    measured += _decode(task, reference, compressed, device, cell.get("latency_precision") or None)
             if stage == last_stage:  # nothing later needs the baseline: score without it in memory
                 models.close()
                 del reference, baseline, ctx
@@ -223,20 +223,21 @@ def _load_student(spec, task, seed: int, policy, name: str):
                         train_data=task.train)
 
 
-def _decode(task, baseline, compressed, device: str) -> list[Measurement | tuple[str, str]]:
+def _decode(task, baseline, compressed, device: str, precision: float | None) -> list[Measurement | tuple[str, str]]:
     """decode_tokens_per_s, decode_speedup and time_to_first_token_ms, or a skipped metric saying why this runtime
-    cannot."""
+    cannot. Rounds stop early once the speed-up is known within the run's `precision` (latency_precision)."""
     from bench.measure.decode import decode_measurements, time_decode
 
     length = min(128, task.spec.seq_len // 4)  # prompt and new tokens (128 each at seq_len 512)
     prompt = task.test_tokens[:length][None, :]  # (1, T)
     try:
         rounds = time_decode({"baseline": partial(baseline.generate, prompt),
-                              "compressed": partial(compressed.generate, prompt)}, new_tokens=length, device=device)
+                              "compressed": partial(compressed.generate, prompt)}, new_tokens=length, device=device,
+                             precision=precision)
     except NotImplementedError as exc:
         return [("metric-skipped", "decode_tokens_per_s", str(exc))]
     return decode_measurements(rounds["compressed"].per_token, rounds["baseline"].per_token, length, prompt.shape[1],
-                               first_token_s=rounds["compressed"].first_token)
+                               first_token_s=rounds["compressed"].first_token, stopped=rounds["compressed"].stopped)
 
 
 def main(argv: list[str]) -> int:
