@@ -12,8 +12,11 @@ bench: $(STAMP)  ## run the default matrix, write results/ and reports/
 quick: $(STAMP)  ## a few-minute smoke run of the same models
 	$(BIN)/compbench run quick
 
-test: $(STAMP)   ## the test suite (offline, CPU)
-	$(BIN)/python -m pytest
+# One test worker per core (pytest-xdist), whole files per worker; the 20 slowest tests are listed at the end.
+TEST_JOBS ?= auto
+
+test: $(STAMP)   ## the test suite (offline, CPU), in parallel
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check bench compressors tests

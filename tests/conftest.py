@@ -10,6 +10,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs one pytest-xdist worker per core (whole files per worker, so a module's fixture is built
+# once). Each worker computes on one thread: two workers on two cores share the CPU instead of
+# oversubscribing it with 2 x 2 threads. The caches they share are published by rename (safe under concurrency).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 # What the tests build once and reuse (the fine-tuned teachers, the dequantized SmolLM2: minutes
