@@ -84,6 +84,21 @@ def test_early_stopping_and_the_time_budget_stop_training(train, tokenizer):
     assert [step for step, _, _ in report["curve"]] == [1]  # the last weights are validated too
 
 
+
+def test_the_cost_is_stated_before_training_starts(train, tokenizer, capsys):
+    seen_when_training = []
+
+    class Spy(SpyTokenizer):
+        def __call__(self, texts, **kwargs):
+            seen_when_training.append(capsys.readouterr().err)  # what was printed before the first batch
+            return self.tokenizer(texts, **kwargs)
+
+    module = _module(tokenizer)
+    fine_tune(module, Spy(tokenizer, module), train, MAX_LENGTH, seed=0,
+              recipe=FineTuneRecipe(epochs=3, lr=1e-8, patience=2), progress=True)
+    assert ("90 examples, at most 3 epoch(s) x 6 steps of 16 (18 steps), stopping after 2 epoch(s) without a "
+            "better validation accuracy") in seen_when_training[0]
+
 def test_too_few_examples_train_on_all_without_validation(train, tokenizer):
     few = make_dataset("few", train.texts[:6], train.labels[:6], train.label_names)
     module = _module(tokenizer)

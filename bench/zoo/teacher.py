@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,6 +160,12 @@ def fine_tune(module: torch.nn.Module, tokenizer: Any, train: TextDataset, max_l
         losses.append(total_loss / len(validation))
         return correct / len(validation)
 
+    if progress:  # the cost, before it is paid (the bar then estimates the time left, for all epochs)
+        stop = (f", stopping after {recipe.patience} epoch(s) without a better validation accuracy"
+                if validation is not None and recipe.patience is not None else "")
+        print(f"fine-tuning the {module.config.model_type} teacher once (cached afterwards): {len(fit)} examples, "
+              f"at most {recipe.epochs} epoch(s) x {steps_per_epoch} steps of {recipe.batch_size} "
+              f"({recipe.epochs * steps_per_epoch} steps){stop}", file=sys.stderr)
     budget = loop.Budget(epochs=recipe.epochs, max_seconds=recipe.max_seconds)
     schedule = loop.Recipe(lr=recipe.lr, weight_decay=recipe.weight_decay, warmup_fraction=recipe.warmup_fraction,
                            schedule=recipe.schedule, clip_norm=1.0, patience=recipe.patience)
