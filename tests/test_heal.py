@@ -46,7 +46,7 @@ class TinyLmTask:
 @pytest.mark.parametrize("name, params", PRUNERS)
 def test_companion_is_the_same_fine_tune_without_the_teacher(name, params):
     healed = {**params, "recovery_steps": 40, "recovery_lr": 3e-4, "recovery_teacher": True,
-              "recovery_teacher_weight": 1.0}
+              "recovery_teacher_weight": 1.0, "recovery_teacher_temperature": 1.0}
     twin_name, twin = build(name, healed).companion()
     expected = build(name, {**params, "recovery_steps": 40, "recovery_lr": 3e-4}).config.to_params()
     assert twin_name == name and build(name, twin).config.to_params() == expected
@@ -72,6 +72,26 @@ def test_bad_teacher_weight_raises_naming_it(name, params, bad):
     with pytest.raises(ValueError, match="recovery_teacher_weight"):
         build(name, {**params, **bad})
 
+
+
+@pytest.mark.parametrize("name, params", PRUNERS)
+@pytest.mark.parametrize("bad", [{"recovery_teacher": True, "recovery_teacher_temperature": 0.1},
+                                 {"recovery_teacher": True, "recovery_teacher_temperature": 50.0},
+                                 {"recovery_teacher_temperature": 1.0}])
+def test_bad_teacher_temperature_raises_naming_it(name, params, bad):
+    with pytest.raises(ValueError, match="recovery_teacher_temperature"):
+        build(name, {**params, **bad})
+
+
+def test_temperature_one_is_the_plain_token_kl_and_two_softens_it():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11, generator=generator), torch.randn(2, 5, 11, generator=generator)
+    s, t = F.log_softmax(student, -1).flatten(0, 1), F.log_softmax(teacher, -1).flatten(0, 1)
+    per_token = (t.exp() * (t - s)).sum(-1).mean()  # KL(teacher || student) per token, by hand
+    assert recovery_loss(torch.tensor(9.0), student, teacher, 1.0, temperature=1.0) == pytest.approx(float(per_token))
+    softened = recovery_loss(torch.tensor(9.0), student, teacher, 1.0, temperature=2.0)
+    assert softened == pytest.approx(float(distill_kl(student, teacher, 2.0))) and softened != pytest.approx(
+        float(per_token))
 
 def test_teacher_weight_mixes_task_and_kl_and_one_is_the_kl_alone():
     generator = torch.Generator().manual_seed(0)

@@ -34,7 +34,7 @@ from compressors.core.base import (
     check_range,
 )
 from compressors.core.registry import register
-from compressors.prune.recovery import TEACHER_WEIGHT, RecoverySettings, recover_, untaught_twin
+from compressors.prune.recovery import TEACHER_WEIGHT, TEMPERATURE, RecoverySettings, recover_, untaught_twin
 from compressors.prune.structure_scores import block_influence
 
 STRATEGIES = ("importance", "last", "every-other")
@@ -44,8 +44,8 @@ STRATEGIES = ("importance", "last", "every-other")
 class LayerDropConfig(CompressorConfig):
     """strategy: "importance" (lowest ShortGPT block influence on `calibration_batches`), "last" or
     "every-other". Give exactly one of count (blocks removed, >= 1) or ratio (fraction of blocks
-    removed, 0 < ratio < 1, rounded down, at least one). recovery_steps / recovery_lr /
-    recovery_teacher / recovery_teacher_weight: optional fine-tune afterwards, as in prune-structured."""
+    removed, 0 < ratio < 1, rounded down, at least one). recovery_steps / recovery_lr / recovery_teacher /
+    recovery_teacher_weight / recovery_teacher_temperature: optional fine-tune afterwards, as in prune-structured."""
 
     strategy: str = "importance"
     count: int = 0
@@ -55,6 +55,7 @@ class LayerDropConfig(CompressorConfig):
     recovery_lr: float = 5e-5
     recovery_teacher: bool = False
     recovery_teacher_weight: float = TEACHER_WEIGHT
+    recovery_teacher_temperature: float = TEMPERATURE
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
@@ -75,7 +76,7 @@ class LayerDropConfig(CompressorConfig):
     def recovery(self) -> RecoverySettings:
         """The recovery fine-tune's settings (validated on construction)."""
         return RecoverySettings(self.recovery_steps, self.recovery_lr, self.recovery_teacher,
-                                self.recovery_teacher_weight)
+                                self.recovery_teacher_weight, self.recovery_teacher_temperature)
 
 
 def find_layers(root: nn.Module) -> tuple[str, nn.ModuleList]:

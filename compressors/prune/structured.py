@@ -54,7 +54,7 @@ from compressors.core.base import (
     check_range,
 )
 from compressors.core.registry import register
-from compressors.prune.recovery import TEACHER_WEIGHT, RecoverySettings, recover_, untaught_twin
+from compressors.prune.recovery import TEACHER_WEIGHT, TEMPERATURE, RecoverySettings, recover_, untaught_twin
 from compressors.prune.structure_scores import (
     IMPORTANCES,
     channel_scores,
@@ -77,7 +77,8 @@ class StructuredConfig(CompressorConfig):
     importance: "magnitude" (squared weights of the group) or "taylor" (|w x grad| of the task loss
     on `calibration_batches` train batches). recovery_steps: optional fine-tune steps after pruning
     (0 = none) at peak `recovery_lr`; recovery_teacher: mix KL to the teacher's logits into its loss, with
-    weight recovery_teacher_weight (0 < w <= 1, default 0.5; 1 = the KL alone). A cell with the teacher
+    weight recovery_teacher_weight (0 < w <= 1, default 0.5; 1 = the KL alone) at temperature
+    recovery_teacher_temperature (default 2; 1 for LM logits as Minitron). A cell with the teacher
     and steps > 0 is always measured beside its companion, the same fine-tune without the teacher."""
 
     ratio: float = 0.5
@@ -87,6 +88,7 @@ class StructuredConfig(CompressorConfig):
     recovery_lr: float = 5e-5
     recovery_teacher: bool = False
     recovery_teacher_weight: float = TEACHER_WEIGHT
+    recovery_teacher_temperature: float = TEMPERATURE
 
     def __post_init__(self):
         check_range("ratio", self.ratio, 0.0, 1.0)
@@ -102,7 +104,7 @@ class StructuredConfig(CompressorConfig):
     def recovery(self) -> RecoverySettings:
         """The recovery fine-tune's settings (validated on construction)."""
         return RecoverySettings(self.recovery_steps, self.recovery_lr, self.recovery_teacher,
-                                self.recovery_teacher_weight)
+                                self.recovery_teacher_weight, self.recovery_teacher_temperature)
 
 
 @dataclass
