@@ -86,7 +86,9 @@ def example(name):
 
 
 @pytest.mark.slow
-def test_readme_example_runs_once_benchmarks_with_storage_and_its_artifacts_reload(pytester, capsys):
+def test_readme_example_runs_once_benchmarks_with_storage_and_its_artifacts_reload(pytester, capsys, monkeypatch):
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)  # under `make test`'s xdist, pytest-benchmark would disable itself
     pytester.makefile(".toml", mine=example("mine.toml"))
     pytester.makeini(example("pytest.ini"))
     pytester.makepyfile(test_compression=example("test_compression.py"))
