@@ -1,5 +1,7 @@
 """Matrix validation: every mistake names the file, the key and what would be right."""
 
+import re
+
 import pytest
 
 from bench.config.matrix import ConfigError, load_matrix, parse_matrix
@@ -131,3 +133,23 @@ def test_fuzzed_toml_text_gives_config_errors_only(tmp_path):
             assert "\n" not in str(exc)
 
     check()
+
+
+def test_left_out_variants_are_kept_with_their_reason_and_matrix():
+    matrix = parse(left_out=[{"variant": "fp16 cast", "reason": "emulated on this CPU", "matrix": "quant"}])
+    (left,) = matrix.left_out
+    assert (left.variant, left.reason, left.matrix) == ("fp16 cast", "emulated on this CPU", "quant")
+    assert list(matrix.to_dict()["left_out"]) == [{"variant": "fp16 cast", "reason": "emulated on this CPU",
+                                             "matrix": "quant"}]
+    assert {item.matrix for item in load_matrix("default").left_out} <= {"quant", "lm", "prune", "gpu", "heal"}
+
+
+@pytest.mark.parametrize("left_out, message", [
+    ([{"variant": "x", "reason": "y", "matrix": "quant2"}], "matrix 'quant2' is not a shipped matrix"),
+    ([{"variant": "x", "reason": "y"}], "needs exactly the keys variant, reason, matrix"),
+    ([{"variant": "", "reason": "y", "matrix": "quant"}], "must be non-empty strings"),
+    ({"variant": "x"}, "'left_out' must be [[left_out]] tables"),
+])
+def test_a_bad_left_out_table_names_what_is_wrong(left_out, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(left_out=left_out)

@@ -498,3 +498,14 @@ def test_failed_baseline_and_long_reason(tmp_path):
     in_table = rows["identity"][-1]
     assert in_table.startswith("error: MemoryError: xxx") and in_table.endswith("…") and len(in_table) < 140
     assert reason in md  # the list below the table keeps the whole reason
+
+
+def test_the_variants_a_matrix_left_out_are_listed_with_why_and_where(tmp_path, report):
+    md, _ = report
+    assert "Left out of this run" not in md  # a matrix without [[left_out]] tables says nothing
+    left = [{"variant": "fp16 and bf16 casts", "reason": "emulated on this CPU", "matrix": "quant"}]
+    manifest = {**MANIFEST, "matrix": {**MANIFEST["matrix"], "left_out": left}}
+    run_dir = make_run(tmp_path, "r2", classification_rows(), manifest)
+    page = write_report(run_dir, tmp_path / "out", ("md",))[0]
+    rows = table_lines(page.read_text(encoding="utf-8"), "## Left out of this run")
+    assert rows["fp16 and bf16 casts"][1:] == ["emulated on this CPU", "`quant`"]

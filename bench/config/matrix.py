@@ -18,6 +18,7 @@ from typing import Any
 
 import tomllib
 
+from bench.config.left_out import LeftOut, parse_left_out
 from bench.paths import RUN_ID
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION
 
@@ -114,6 +115,7 @@ class Matrix:
         compressor_tasks: for each compressor, the tasks its table limits it to (`tasks = [...]`).
         max_train_steps: a cap on the optimizer steps of every training-based method
             (distillation, recovery fine-tunes); None = each method's own budget.
+        left_out: `[[left_out]]` tables (bench/config/left_out.py).
     """
 
     name: str
@@ -134,6 +136,7 @@ class Matrix:
     source: str = "<memory>"
     # per compressor (same order): the task names it runs on, or None for every task
     compressor_tasks: tuple[tuple[str, ...] | None, ...] = ()
+    left_out: tuple[LeftOut, ...] = ()  # variants deliberately not run, with why and where (the report lists them)
 
     def runs_on(self, index: int, task: str) -> bool:
         """Whether compressor `index` applies to task `task` (its table's optional `tasks` list)."""
@@ -150,7 +153,7 @@ class Matrix:
 _TASK_FIELDS = {f.name: f for f in dataclasses.fields(TaskSpec)}
 _MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "cell_memory_limit_mb", "latency_warmup",
                 "latency_min_iters", "latency_min_seconds", "latency_precision", "latency_max_seconds", "bootstrap",
-                "max_train_steps", "task", "compressor"}
+                "max_train_steps", "task", "compressor", "left_out"}
 
 # --quick: small slices and a short timer, for smoke runs and tests.
 QUICK_TASK = {"eval_limit": 64, "train_limit": 320, "max_length": 64, "max_tokens": 2048, "seq_len": 256,
@@ -240,6 +243,9 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
         if values["latency_precision"] >= 1:
             raise ConfigError(f"{where}: key 'latency_precision' must be a relative half-width below 1 (e.g. 0.05 "
                               f"for about 5%), or 0 for fixed rounds, got {values['latency_precision']!r}")
+    if "left_out" in raw:
+        shipped = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
+        values["left_out"] = parse_left_out(raw["left_out"], shipped, where, ConfigError)
     if quick:
         values.update(QUICK_MATRIX)
     return Matrix(tasks=tasks, compressors=tuple(compressors), devices=tuple(dict.fromkeys(devices)),

@@ -130,7 +130,20 @@ def build_document(run_dir: Path) -> list[Block]:
     notes = manifest.get("model_notes") or {}
     for task in frame.task.drop_duplicates():
         blocks += task_section(task, frame[frame.task == task], notes, Path(run_dir))
+    blocks += left_out_section(manifest)
     return blocks + time_section(frame) + [Heading(2, "How to read these numbers"), Paragraph(HOW_TO_READ)]
+
+
+def left_out_section(manifest: dict[str, Any]) -> list[Block]:
+    """The variants the matrix deliberately did not run (its `[[left_out]]` tables): why, and where they are."""
+    left = (manifest.get("matrix") or {}).get("left_out") or []
+    if not left:
+        return []
+    intro = (f"This run keeps one variant per family; these {len(left)} were left out on purpose. Each is "
+             "measured by the shipped matrix named (`compbench run <matrix>`).")
+    return [Heading(2, "Left out of this run"), Paragraph(intro),
+            Table(["variant", "why it is not here", "matrix that has it"],
+                  [[item["variant"], item["reason"], f"`{item['matrix']}`"] for item in left])]
 
 
 def time_section(frame: pd.DataFrame) -> list[Block]:
