@@ -156,7 +156,7 @@ _MATRIX_KEYS = {"name", "seed", "devices", "threads", "cell_timeout_s", "cell_me
                 "max_train_steps", "task", "compressor", "left_out"}
 
 # --quick: small slices and a short timer, for smoke runs and tests.
-QUICK_TASK = {"eval_limit": 64, "train_limit": 320, "max_length": 64, "max_tokens": 2048, "seq_len": 256,
+QUICK_TASK = {"eval_limit": 64, "train_limit": 320, "max_length": 64, "max_tokens": 2048, "seq_len": 128,
               "latency_batch": 4, "lm_eval_limit": 50}
 QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_warmup": 1, "latency_precision": 0.1,
                 "latency_max_seconds": 5.0, "bootstrap": 200, "max_train_steps": 20}
