@@ -112,8 +112,8 @@ def test_too_few_examples_train_on_all_without_validation(train, tokenizer):
 
 
 def test_the_recipe_scales_with_the_data():
-    assert teacher_recipe(1488) == FineTuneRecipe()  # the whole BBC train split: up to 6 epochs, patience 2
-    assert FineTuneRecipe().epochs == 6 and FineTuneRecipe().patience == 2 and FineTuneRecipe().max_seconds == 7200
+    assert teacher_recipe(1488) == FineTuneRecipe()  # the whole BBC train split: up to 6 epochs, patience 1
+    assert FineTuneRecipe().epochs == 6 and FineTuneRecipe().patience == 1 and FineTuneRecipe().max_seconds == 7200
     assert teacher_recipe(320).epochs == 1 and teacher_recipe(64).epochs == 1  # quick runs and tests: one epoch
     assert teacher_recipe(800).epochs == 4
     tiny = teacher_recipe(64, pretrained=False)  # random weights: big steps, at least 60 of them, no early stop
@@ -122,7 +122,7 @@ def test_the_recipe_scales_with_the_data():
 
 def test_the_note_states_the_curve_and_why_it_stopped():
     info = {"train_examples": 1488, "max_length": 128, "seed": 0, "device": "cpu", "train_seconds": 1234.5,
-            "recipe": {**FineTuneRecipe().__dict__},
+            "recipe": {**FineTuneRecipe(patience=2).__dict__},
             "training": {"fit_examples": 1340, "validation_examples": 148, "steps_per_epoch": 84, "steps": 336,
                          "epochs": 4.0, "stopped_by": "early stopping", "best_step": 168, "best_accuracy": 0.9797,
                          "curve": [[84, 0.9595, 0.2], [168, 0.9797, 0.1], [252, 0.973, 0.1], [336, 0.9797, 0.1]]}}

@@ -50,8 +50,9 @@ class FineTuneRecipe:
 
     The defaults are for a pretrained encoder on the whole BBC train split (1,488 articles,
     1,340 after the validation carve): up to 6 epochs of 84 steps at 128 tokens, a validation
-    after each, stopping after 2 without improvement. That is 8-32 minutes on an idle 2-core
-    CPU. The time limit is only a safety net: the cached weights should depend on the cache
+    after each, stopping at the first epoch that does not improve on the best (the learning-rate
+    schedule still spans all 6, so the kept weights are the ones a longer patience would keep
+    whenever the curve does not dip and recover). That is 6-25 minutes on an idle 2-core CPU. The time limit is only a safety net: the cached weights should depend on the cache
     key (recipe, data, seed), not on how busy the machine was; a 30-minute limit cut the
     fine-tune after 1.3 epochs, its learning rate still near the peak, on a CPU shared by
     five processes (16 s a step instead of 2-4).
@@ -70,7 +71,7 @@ class FineTuneRecipe:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     schedule: str = "linear"
-    patience: int | None = 2
+    patience: int | None = 1
     max_seconds: float | None = 7200.0
     validation_fraction: float = VALIDATION_FRACTION
 
