@@ -60,9 +60,10 @@ def normalized(compressor: CompressorSpec) -> CompressorSpec:
     return CompressorSpec(compressor.name, build(compressor.name, compressor.params).config.to_params())
 
 
-# Matrix keys a resume may change: where the file lives, and limits on a cell's process that decide whether
-# it finishes, not what it measures (a cell that timed out can be retried with a longer timeout).
-RESUMABLE_KEYS = ("source", "cell_timeout_s", "cell_memory_limit_mb")
+# Matrix keys a resume may change: where the file lives, limits on a cell's process that decide whether
+# it finishes, not what it measures (a cell that timed out can be retried with a longer timeout), and the
+# list of what the matrix leaves out (words for the report; runs started before it existed lack it).
+RESUMABLE_KEYS = ("source", "cell_timeout_s", "cell_memory_limit_mb", "left_out")
 
 
 def matrix_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
