@@ -10,7 +10,7 @@ from tests.test_matrices import run_quick
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # about 2 minutes on an idle 2-core CPU (the chain trains and prunes); 6 when shared
+@pytest.mark.timeout(1800)  # about 4 minutes in a parallel `make test` on 2 cores (the chain trains and prunes)
 def test_quick_matrix_end_to_end(tmp_path):
     # The chain and both baselines: int8-dynamic runs on the same models in the quant matrix's test
     # (tests/test_matrices.py), so it is left out here to keep `make test` short.
