@@ -11,12 +11,12 @@ import os
 
 import pytest
 
-from bench.config.matrix import MATRICES_DIR, load_matrix, resolve_matrix_path
+from bench.config.matrix import load_matrix, resolve_matrix_path, shipped_matrices
 from bench.results.store import load
 from bench.run.runner import normalized, plan_cells
 from tests.conftest import compbench
 
-SHIPPED = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
+SHIPPED = shipped_matrices()
 
 
 # ids end in .toml: an id "gpu" would read as the gpu marker and skip without CUDA

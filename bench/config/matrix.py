@@ -162,6 +162,11 @@ QUICK_MATRIX = {"latency_min_iters": 5, "latency_min_seconds": 0.5, "latency_war
                 "latency_max_seconds": 5.0, "bootstrap": 200, "max_train_steps": 20}
 
 
+def shipped_matrices() -> list[str]:
+    """The names of the shipped matrices (`compbench run <name>`), sorted."""
+    return sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
+
+
 def resolve_matrix_path(name_or_path: str) -> Path:
     """A shipped matrix name (default, quick, ...) or a path to a TOML file."""
     path = Path(name_or_path)
@@ -171,7 +176,7 @@ def resolve_matrix_path(name_or_path: str) -> Path:
         return path
     shipped = MATRICES_DIR / f"{name_or_path}.toml"
     if not shipped.is_file():
-        names = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
+        names = shipped_matrices()
         close = difflib.get_close_matches(name_or_path, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"unknown matrix {name_or_path!r}: {hint}shipped: {', '.join(names)}; "
@@ -244,8 +249,7 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
             raise ConfigError(f"{where}: key 'latency_precision' must be a relative half-width below 1 (e.g. 0.05 "
                               f"for about 5%), or 0 for fixed rounds, got {values['latency_precision']!r}")
     if "left_out" in raw:
-        shipped = sorted(p.stem for p in MATRICES_DIR.glob("*.toml"))
-        values["left_out"] = parse_left_out(raw["left_out"], shipped, where, ConfigError)
+        values["left_out"] = parse_left_out(raw["left_out"], shipped_matrices(), where, ConfigError)
     if quick:
         values.update(QUICK_MATRIX)
     return Matrix(tasks=tasks, compressors=tuple(compressors), devices=tuple(dict.fromkeys(devices)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.config.matrix import KNOWN_TASKS, MATRICES_DIR
+from bench.config.matrix import KNOWN_TASKS, shipped_matrices
 
 
 def print_listing(what: str = "all") -> None:
@@ -43,4 +43,4 @@ def _lines(section: str) -> list[str]:
             for param, kind, default in describe(name):
                 lines.append(f"{'':18}{param}: {kind} = {default!r}")
         return lines
-    return [path.stem for path in sorted(MATRICES_DIR.glob("*.toml"))]
+    return shipped_matrices()

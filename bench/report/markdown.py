@@ -139,8 +139,8 @@ def left_out_section(manifest: dict[str, Any]) -> list[Block]:
     left = (manifest.get("matrix") or {}).get("left_out") or []
     if not left:
         return []
-    intro = (f"This run keeps one variant per family; these {len(left)} were left out on purpose. Each is "
-             "measured by the shipped matrix named beside it: `compbench run` with that name.")
+    intro = (f"The matrix left these {len(left)} variants out on purpose. Each is measured by the shipped "
+             "matrix named beside it: `compbench run` with that name.")
     return [Heading(2, "Left out of this run"), Paragraph(intro),
             Table(["variant", "why it is not here", "matrix that has it"],
                   [[item["variant"], item["reason"], f"`{item['matrix']}`"] for item in left])]
