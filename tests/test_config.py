@@ -141,7 +141,7 @@ def test_left_out_variants_are_kept_with_their_reason_and_matrix():
     assert (left.variant, left.reason, left.matrix) == ("fp16 cast", "emulated on this CPU", "quant")
     assert list(matrix.to_dict()["left_out"]) == [{"variant": "fp16 cast", "reason": "emulated on this CPU",
                                              "matrix": "quant"}]
-    shipped = {"quant", "lm", "prune", "distill", "gpu", "heal"}
+    shipped = {"quant", "lm", "prune", "lowrank", "distill", "gpu", "heal"}
     assert {item.matrix for item in load_matrix("default").left_out} <= shipped
 
 
@@ -154,3 +154,29 @@ def test_left_out_variants_are_kept_with_their_reason_and_matrix():
 def test_a_bad_left_out_table_names_what_is_wrong(left_out, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(left_out=left_out)
+
+
+def test_a_variant_can_ask_for_a_cpu_that_runs_it_natively(monkeypatch):
+    from bench.run import runner
+    from compressors.runtimes import cpu_features
+
+    matrix = parse(compressor=[{"name": "identity"},
+                               {"name": "cast", "dtype": "bf16", "needs_cpu_flags": ["avx512_bf16", "amx_bf16"]}],
+                   devices=["cpu", "cuda"])
+    assert matrix.compressors[1].params == {"dtype": "bf16"}  # where it runs is not how it compresses
+    cells = {(c["compressor"]["name"], c["device"]): c for c in runner.plan_cells(matrix, ("cpu", "cuda"))}
+    assert cells["cast", "cpu"]["needs_cpu_flags"] == ("avx512_bf16", "amx_bf16")
+    assert cells["cast", "cuda"]["needs_cpu_flags"] is None and cells["identity", "cpu"]["needs_cpu_flags"] is None
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    reason = runner.cpu_lacks(("avx512_bf16", "amx_bf16"))
+    assert reason.startswith("left out on this CPU") and "avx512_bf16 or amx_bf16" in reason
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert runner.cpu_lacks(("avx512_bf16", "amx_bf16")) is None
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: None)  # unreadable flags: run it rather than guess
+    assert runner.cpu_lacks(("avx512_bf16",)) is None
+
+
+@pytest.mark.parametrize("flags", ["avx512_bf16", [], ["AVX512_BF16"], [1]])
+def test_bad_needs_cpu_flags_names_what_is_wrong(flags):
+    with pytest.raises(ConfigError, match="key 'needs_cpu_flags' must be a non-empty list of CPU flags"):
+        parse(compressor=[{"name": "cast", "needs_cpu_flags": flags}])

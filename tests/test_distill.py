@@ -202,11 +202,31 @@ def test_logit_knowledge_runs_the_teacher_once_per_example(teachers):
     ctx = ctx_for(teacher)
     student = kd(epochs=3, batch_size=20).compress(teacher, ctx)
     facts = student.provenance
-    assert facts["teacher_logits"] == "cached once per example"
+    assert facts["teacher_logits"] == "once per example"
     assert facts["teacher_forward_examples"] == ctx.data.train_size() == facts["train_examples"]
     assert facts["steps"] == 3 * -(-ctx.data.train_size() // 20)
     hidden = kd(knowledge="logits+hidden", max_steps=1).compress(teacher, ctx)
     assert hidden.provenance["teacher_logits"] == "every step"
+
+
+def test_teacher_logits_kept_between_runs_give_the_same_student_without_the_teacher(teachers, tmp_path):
+    import dataclasses
+
+    teacher = teachers["bert"]
+    ctx = dataclasses.replace(ctx_for(teacher), keep_dir=tmp_path)
+    first = kd(epochs=2, batch_size=20).compress(teacher, ctx)
+    (kept,) = (tmp_path / "teacher-logits").iterdir()  # named after the teacher's weights
+    second = kd(epochs=2, batch_size=20).compress(teacher, ctx)
+    assert first.provenance["teacher_forward_examples"] == ctx.data.train_size()
+    assert second.provenance["teacher_forward_examples"] == 0
+    assert second.provenance["teacher_logits"] == f"once per example, {ctx.data.train_size()} kept from an earlier run"
+    for (name, a), b in zip(first.module.state_dict().items(), second.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    other = teacher.replace(module=copy.deepcopy(teacher.module))
+    with torch.no_grad():
+        next(other.module.parameters()).add_(0.01)  # other weights: other logits, another file
+    kd(max_steps=1, batch_size=20).compress(other, dataclasses.replace(ctx, teacher=other))
+    assert len(list((tmp_path / "teacher-logits").iterdir())) == 2 and kept.exists()
 
 
 def test_the_budget_stops_training(teachers):

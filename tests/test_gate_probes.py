@@ -15,7 +15,7 @@ from bench.analysis.runtable import RunTable
 from bench.cli import main
 from bench.gate.budgets import load_budgets
 from bench.gate.check import BROKEN, HELD, SKIPPED, check_run, outcome, speedup_ratio
-from bench.results.store import NO_DEVICE
+from bench.results.store import CPU_LACKS, NO_DEVICE
 from tests.gate_rows import cell_rows, marker, write_run
 
 SPEED_BUDGET = ('[[budget]]\nmatch = "int8-dynamic*"\nmetric = "speedup"\nagainst = "baseline-run"\n'
@@ -53,6 +53,18 @@ def test_a_check_where_only_absent_devices_matched_does_not_pass(tmp_path, capsy
     assert code == 1 and "every budget holds" not in line  # ... but nothing held, so the gate does not pass
     assert main(["check", str(run), "--budget", str(path)]) == 1
     assert "NOTHING CHECKED" in capsys.readouterr().out
+
+
+def test_a_variant_left_out_on_this_cpu_is_a_skip_not_a_break(tmp_path):
+    reason = f"{CPU_LACKS}: the matrix runs this variant only on a CPU with avx512_bf16 or amx_bf16 (needs_cpu_flags)"
+    rows = (cell_rows("base", "identity", accuracy=0.9, size_bytes=90e6)
+            + cell_rows("int8", "int8-dynamic", accuracy=0.9, size_bytes=30e6)
+            + marker("bf16", "cast", "skipped", reason))
+    run = write_run(tmp_path / "run", rows)
+    path = budgets(tmp_path, '[[budget]]\nmetric = "size_ratio"\nmin = 1.5\n')
+    results = {r.variant.cell_id: r for r in check_run(run, load_budgets(path))}
+    assert results["bf16"].status == SKIPPED and results["int8"].status == HELD
+    assert main(["check", str(run), "--budget", str(path)]) == 0
 
 
 def speed_run(tmp_path, name, int8_speedup, self_speedup=(1.0, 0.97, 1.03)):

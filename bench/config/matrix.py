@@ -107,12 +107,16 @@ class Matrix:
             that allocates past it fails alone with an "out of memory" error row. None = this
             machine's physical memory, 0 = no limit. Not applied to CUDA cells (the driver
             reserves far more address space than it uses).
-        latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget (its first 10 rounds).
+        latency_min_iters, latency_min_seconds, latency_warmup: the timer's budget (its first rounds:
+            5, or 10 without latency_precision).
         latency_precision: then more rounds until each speed-up is known within this relative
             half-width (0.05: about 5%), 0 = stop after the first rounds.
         latency_max_seconds: the most summed call time adaptive timing may spend on one model pair.
         bootstrap: resamples for confidence intervals.
         compressor_tasks: for each compressor, the tasks its table limits it to (`tasks = [...]`).
+        compressor_cpu_flags: for each compressor, the CPU flags of which its CPU cells need one
+            (`needs_cpu_flags = [...]`, e.g. bf16 where the CPU has native bf16), or None; on a CPU
+            with none of them its CPU cells are skipped, saying so, instead of timing an emulation.
         max_train_steps: a cap on the optimizer steps of every training-based method
             (distillation, recovery fine-tunes); None = each method's own budget.
         left_out: `[[left_out]]` tables (bench/config/left_out.py).
@@ -136,12 +140,18 @@ class Matrix:
     source: str = "<memory>"
     # per compressor (same order): the task names it runs on, or None for every task
     compressor_tasks: tuple[tuple[str, ...] | None, ...] = ()
+    compressor_cpu_flags: tuple[tuple[str, ...] | None, ...] = ()  # per compressor: needs one of these CPU flags
     left_out: tuple[LeftOut, ...] = ()  # variants deliberately not run, with why and where (the report lists them)
 
     def runs_on(self, index: int, task: str) -> bool:
         """Whether compressor `index` applies to task `task` (its table's optional `tasks` list)."""
         only = self.compressor_tasks[index] if index < len(self.compressor_tasks) else None
         return only is None or task in only
+
+    def cpu_flags_needed(self, index: int) -> tuple[str, ...] | None:
+        """The CPU flags of which compressor `index`'s CPU cells need one (`needs_cpu_flags`), or None."""
+        flags = self.compressor_cpu_flags[index] if index < len(self.compressor_cpu_flags) else None
+        return flags or None
 
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
@@ -218,14 +228,15 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: task names must be unique, got {names}")
-    compressors, compressor_tasks = [], []
+    compressors, compressor_tasks, compressor_cpu_flags = [], [], []
     for i, c in enumerate(comps_raw):
         here = f"{where}: [[compressor]] #{i + 1}"
-        only = _compressor_tasks(c, names, here)
-        for spec in _parse_compressor({k: v for k, v in c.items() if k != "tasks"} if isinstance(c, dict) else c,
-                                      here):
+        only, flags = _compressor_tasks(c, names, here), _needs_cpu_flags(c, here)
+        for spec in _parse_compressor({k: v for k, v in c.items() if k not in PLACEMENT_KEYS}
+                                      if isinstance(c, dict) else c, here):
             compressors.append(spec)
             compressor_tasks.append(only)
+            compressor_cpu_flags.append(flags)
     devices = raw.get("devices", ["cpu"])
     if not isinstance(devices, list) or not devices or any(d not in DEVICES for d in devices):
         raise ConfigError(f"{where}: key 'devices' must be a list drawn from {list(DEVICES)}, got {devices!r}")
@@ -253,7 +264,25 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     if quick:
         values.update(QUICK_MATRIX)
     return Matrix(tasks=tasks, compressors=tuple(compressors), devices=tuple(dict.fromkeys(devices)),
-                  source=source, compressor_tasks=tuple(compressor_tasks), **values)
+                  source=source, compressor_tasks=tuple(compressor_tasks),
+                  compressor_cpu_flags=tuple(compressor_cpu_flags), **values)
+
+
+# Keys of a [[compressor]] table that say where it runs, not how it compresses.
+PLACEMENT_KEYS = ("tasks", "needs_cpu_flags")
+
+
+def _needs_cpu_flags(raw: Any, where: str) -> tuple[str, ...] | None:
+    """A [[compressor]] table's optional `needs_cpu_flags = ["avx512_bf16", "amx_bf16"]`: its CPU cells run only
+    on a CPU with one of these /proc/cpuinfo flags (None: on any CPU)."""
+    if not isinstance(raw, dict) or "needs_cpu_flags" not in raw:
+        return None
+    flags = raw["needs_cpu_flags"]
+    if (not isinstance(flags, list) or not flags
+            or not all(isinstance(f, str) and re.fullmatch(r"[a-z0-9_]+", f) for f in flags)):
+        raise ConfigError(f"{where}: key 'needs_cpu_flags' must be a non-empty list of CPU flags as /proc/cpuinfo "
+                          f"names them (lower case, e.g. [\"avx512_bf16\", \"amx_bf16\"]), got {flags!r}")
+    return tuple(flags)
 
 
 def _compressor_tasks(raw: Any, task_names: list[str], where: str) -> tuple[str, ...] | None:

@@ -6,7 +6,8 @@ run table's (`bench.analysis.runtable`); whether a value keeps its bound is the 
 
 Rules that keep the gate from passing what it should fail:
 - a budget whose variants were skipped because their method, library or runtime is unavailable
-  is broken (unless `optional = true`); a skip because the device is absent (no CUDA) stays a skip;
+  is broken (unless `optional = true`); a skip because the device is absent (no CUDA), or because the
+  CPU lacks a flag the matrix asks for (`needs_cpu_flags`), stays a skip;
 - a check in which nothing held is a failure, never "every budget holds";
 - `stage = "last"` is the chain's configured last stage: if it has no numbers, the budget breaks;
 - a speed-up against a baseline run has an interval from both runs' timing, and a speed budget
@@ -28,7 +29,7 @@ from bench.analysis.paired import paired_classification, paired_perplexity
 from bench.analysis.runtable import RunTable, Variant, interval, parse_details
 from bench.gate.budgets import METRICS, Budget, BudgetError
 from bench.measure.catalog import BASELINE, format_value
-from bench.results.store import NO_DEVICE, OK, SKIPPED, read_rows
+from bench.results.store import CPU_LACKS, NO_DEVICE, OK, SKIPPED, read_rows
 
 HELD, BROKEN = "held", "broken"
 NOT_IN_BASELINE = "not in the baseline run"
@@ -163,7 +164,7 @@ def _check_one(budget: Budget, variant: Variant, run: RunTable, reference: RunTa
     result = Result(budget, BROKEN, variant, cell_label=variant.details.get("cell_label"))
     if variant.status != OK:
         reason = _short(variant.reason)
-        if variant.status == SKIPPED and (variant.reason or "").startswith(NO_DEVICE):
+        if variant.status == SKIPPED and (variant.reason or "").startswith((NO_DEVICE, CPU_LACKS)):
             result.status, result.message = SKIPPED, f"cell skipped: {reason}"
         elif variant.status == SKIPPED:
             optional = budget.optional

@@ -19,8 +19,9 @@ from bench.measure.latency import _synchronize, _timed_call, relative_half_width
 TOKENS_PER_S = "tokens/s"
 # Rounds of decode timing. The speed-up's interval is a t interval over the rounds' log-ratios,
 # so it needs more than a handful: with 3 rounds t(0.975, 2) = 4.3 and any interval is too wide
-# to judge; 10 rounds (t = 2.26) keep the decode timing of a quick cell within a minute on a CPU.
-DECODE_ROUNDS = 10
+# to judge. A round of 32 new tokens of SmolLM2-135M and its variant takes 5-8 s on a 2-core CPU,
+# so a noisy pair may take up to 20 (t = 2.09) to reach the run's precision within 2-3 minutes.
+DECODE_ROUNDS = 20
 # With a precision target, timing may stop after this many rounds (t(0.975, 4) = 2.78): a steady
 # pair is known within a few percent by then, and a noisy one goes on to DECODE_ROUNDS.
 MIN_DECODE_ROUNDS = 5

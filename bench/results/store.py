@@ -23,6 +23,7 @@ MANIFEST_FILE = "manifest.json"
 
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
 NO_DEVICE = "no CUDA device on this machine"  # the reason of a cell skipped because its device is absent
+CPU_LACKS = "left out on this CPU"  # how the reason of a CPU cell skipped for a missing CPU flag starts
 
 # What rows.jsonl, manifest.json and scores/ mean. Bump it when a column, a manifest key or the
 # scores format changes meaning: a run of an older version is refused (one line, exit 2) where

@@ -1,15 +1,17 @@
 """Where cells run: one local subprocess each, or one Ray task each.
 
-Both run the same `python -m bench.run.worker` process, so a cell measures the same
-way wherever it runs. The executor turns a crash, an abort, an allocation past the
-cell's memory limit, an out-of-memory kill or a hang into an error outcome saying which;
-it never raises for a cell's own failure.
+Both run the same worker (`bench.run.worker`) in a process of its own, so a cell measures the
+same way wherever it runs; locally that process is forked warm from one that imported torch and
+transformers once (`bench.run.warm`), on Ray it is a fresh interpreter. The executor turns a crash,
+an abort, an allocation past the cell's memory limit, an out-of-memory kill or a hang into an error
+outcome saying which; it never raises for a cell's own failure.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import resource
 import signal
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from bench.run import warm as warm_start
 
 _PR_SET_PDEATHSIG = 1
 # The matrix's cell_memory_limit_mb as `compbench run` passes it on (unset: the default below).
@@ -52,7 +56,7 @@ def memory_limit_mb(cell: dict[str, Any]) -> int:
 
 
 def _child_setup(limit_mb: int) -> None:
-    """In the child, before it runs Python: die with the runner (no orphans) and cap its address space."""
+    """In the child, first: die with its parent (no orphans) and cap its address space."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
@@ -73,9 +77,11 @@ def _failure(reason: str) -> CellOutcome:
     return CellOutcome(records=[{"kind": "error", "reason": reason}])
 
 
-def run_worker(cell: dict[str, Any], cell_dir: Path, timeout_s: float) -> CellOutcome:
-    """Run one cell in a fresh Python process and collect its results.
+def run_worker(cell: dict[str, Any], cell_dir: Path, timeout_s: float, warm: bool = True) -> CellOutcome:
+    """Run one cell in a process of its own and collect its results.
 
+    With `warm` (the local executor), the process is forked from one that already imported torch and
+    transformers (`bench.run.warm`), else (or where that cannot be used) it is a fresh interpreter.
     The process gets `memory_limit_mb(cell)` of address space (RLIMIT_AS), so a cell that
     allocates without bound fails with an error row instead of taking the machine down.
     A process that dies or times out keeps the stages it finished (the worker writes its
@@ -87,17 +93,9 @@ def run_worker(cell: dict[str, Any], cell_dir: Path, timeout_s: float) -> CellOu
     cell_file.write_text(json.dumps(cell), encoding="utf-8")
     result_file.unlink(missing_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    timed_out = None
-    with open(log_file, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.run.worker", str(cell_file), str(result_file)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=partial(_child_setup, limit_mb))
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait()
-            timed_out = f"timed out after {timeout_s:.0f} s (cell_timeout_s); log: {log_file}"
+    code = run_python("bench.run.worker:main", [str(cell_file), str(result_file)], env, log_file, limit_mb,
+                      timeout_s, warm=warm and cell.get("device") != "cuda")  # CUDA cells cold: not tried warm on a GPU
+    timed_out = None if code is not None else f"timed out after {timeout_s:.0f} s (cell_timeout_s); log: {log_file}"
     out_of_memory = f"out of memory: exceeded the cell memory limit of {limit_mb} MB (cell_memory_limit_mb)"
     payload = json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else {}
     records = payload.get("records", [])
@@ -110,6 +108,33 @@ def run_worker(cell: dict[str, Any], cell_dir: Path, timeout_s: float) -> CellOu
     # the stages the worker finished stay; the failure belongs to the stage it was in
     return CellOutcome(records=[*records, {"kind": "error", "reason": reason, "stage": payload.get("stage")}],
                        runtime=payload.get("runtime"))
+
+
+def run_python(main: str, argv: list[str], env: dict[str, str], log_file: Path | None, limit_mb: int,
+               timeout_s: float, warm: bool = True) -> int | None:
+    """Run `main` ("module:function", its return value the exit code) with `argv` in a process of its own,
+    stdout and stderr to `log_file` (None: to this process's stderr), capped at `limit_mb` of address space;
+    its exit code (negative: the signal that ended it), or None when it ran past `timeout_s` and was killed
+    with all it started.
+
+    Warm (forked from the preloaded server, `bench.run.warm`) where it can be, else a fresh interpreter.
+    """
+    setup = partial(_child_setup, limit_mb)
+    if warm and warm_start.usable(env):
+        log = None if log_file is None else str(log_file)
+        return warm_start.wait(warm_start.start(main, argv, env, log, setup), timeout_s)
+    module, function = main.split(":")
+    command = [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}(sys.argv[1:]))",
+               *argv]
+    with open(log_file or os.devnull, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(command, stdout=log if log_file else 2, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, preexec_fn=setup)
+        try:
+            return proc.wait(timeout=None if math.isinf(timeout_s) else timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
 
 
 def _death(code: int, log_file: Path, limit_mb: int, out_of_memory: str) -> str:
@@ -174,7 +199,8 @@ class RayExecutor:
         pending = {}
         for index, (cell, cell_dir) in enumerate(jobs):
             options = {"num_cpus": cell["threads"], "num_gpus": 1 if cell["device"] == "cuda" else 0}
-            pending[remote.options(**options).remote(cell, cell_dir, timeout_s)] = index
+            # cold: a Ray worker process lives long and runs many cells; a fork server in each is not worth it
+            pending[remote.options(**options).remote(cell, cell_dir, timeout_s, warm=False)] = index
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:

@@ -1,8 +1,8 @@
-"""Build a task's caches once, before its cells run: `python -m bench.run.prepare TASK_JSON`.
+"""Build a task's caches once, before its cells run: `main([TASK_JSON])` in a process of its own.
 
 Fine-tuning the classification teacher or dequantizing a GGUF model is slow the first
 time; doing it here (with progress bars on the terminal) keeps it out of the timed cells.
-On failure it prints one line, the reason, on stdout and exits 1.
+On failure it writes one line, the reason, to the payload's `reason_file` (else stdout) and exits 1.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ def main(argv: list[str]) -> int:
             with open(payload["notes_file"], "w", encoding="utf-8") as f:
                 json.dump(list(notes), f)
     except Exception as exc:  # reported as the reason on every cell of this task
-        print(f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        if payload.get("reason_file"):
+            with open(payload["reason_file"], "w", encoding="utf-8") as f:
+                f.write(reason + "\n")
+        else:
+            print(reason)
         return 1
     return 0
 

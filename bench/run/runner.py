@@ -11,8 +11,9 @@ import datetime as dt
 import fnmatch
 import hashlib
 import json
-import subprocess
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,9 @@ from bench.analysis.paired import (
 from bench.analysis.pairing import add_companion_rows, add_paired_rows
 from bench.config.matrix import CompressorSpec, ConfigError, Matrix, TaskSpec
 from bench.results.store import (
+    CPU_LACKS,
     ERROR,
+    NO_DEVICE,
     OK,
     SKIPPED,
     Row,
@@ -41,7 +44,7 @@ from bench.results.store import (
     write_manifest,
 )
 from bench.run import provenance
-from bench.run.executors import CellOutcome, LocalExecutor, RayExecutor
+from bench.run.executors import CellOutcome, LocalExecutor, RayExecutor, run_python
 from bench.run.worker import configured_stages
 
 BASELINE = "identity"
@@ -73,7 +76,7 @@ def matrix_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
     ["seed 0 -> 1", "task bbc-topic max_length 32 -> 64", "compressor int8-dynamic(backend=torch) added"].
     """
     stored, current = json.loads(json.dumps(stored, default=str)), json.loads(json.dumps(current, default=str))
-    nested = ("tasks", "compressors", "compressor_tasks")
+    nested = ("tasks", "compressors", "compressor_tasks", "compressor_cpu_flags")
     changes = [f"{key} {stored.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(stored) | set(current))
                if key not in (*RESUMABLE_KEYS, *nested) and stored.get(key) != current.get(key)]
     old, new = ({t["name"]: t for t in m.get("tasks", [])} for m in (stored, current))
@@ -91,12 +94,14 @@ def matrix_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 def _compressor_labels(matrix: dict[str, Any]) -> list[str]:
     """Each compressor of a matrix as a label with its parameters and the tasks it is limited to."""
-    limits = matrix.get("compressor_tasks") or []
+    limits, needs = matrix.get("compressor_tasks") or [], matrix.get("compressor_cpu_flags") or []
     labels = []
     for index, spec in enumerate(matrix.get("compressors", [])):
         label = CompressorSpec(spec["name"], spec.get("params") or {}).label
         only = limits[index] if index < len(limits) else None
-        labels.append(f"{label} on {', '.join(only)}" if only else label)
+        flags = needs[index] if index < len(needs) else None
+        label = f"{label} on {', '.join(only)}" if only else label
+        labels.append(f"{label} on CPUs with {' or '.join(flags)}" if flags else label)
     return labels
 
 
@@ -185,6 +190,7 @@ def plan_cells(matrix: Matrix, devices: tuple[str, ...], only: str | Sequence[st
                     "memory_limit_mb": matrix.cell_memory_limit_mb, **policy,
                     "companion": cell_id(task, compressors[pairs[index]], device) if index in pairs else None,
                     "stages_configured": configured_stages(asdict(compressor)),
+                    "needs_cpu_flags": matrix.cpu_flags_needed(applies[index]) if device == "cpu" else None,
                     "keep_artifact": str(keep_artifacts_in / cid) if keep_artifacts_in else None,
                 })
     return cells
@@ -254,19 +260,22 @@ def save_scores(run_dir: Path, cell: dict[str, Any], outcome: CellOutcome) -> No
 
 
 def prepare_task(task: dict[str, Any], seed: int, notes_file: Path | None = None) -> str | None:
-    """Build the task's model caches (teacher fine-tune, GGUF dequantization) in a subprocess.
+    """Build the task's model caches (teacher fine-tune, GGUF dequantization) in a process of its own
+    (started warm, as cells are).
 
     Its progress bars go to the terminal; with `notes_file`, the model's notes (e.g. how the
     teacher was trained: its validation curve) are written there as a JSON list.
     Returns None, or the reason it failed.
     """
-    payload = json.dumps({"task": task, "seed": seed, "notes_file": str(notes_file) if notes_file else None})
-    proc = subprocess.run([sys.executable, "-m", "bench.run.prepare", payload], stdout=subprocess.PIPE,
-                          stderr=None, text=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stdout.splitlines() if line.strip()]
-        return lines[-1] if lines else f"preparing {task['model']} failed with exit code {proc.returncode}"
-    return None
+    with tempfile.TemporaryDirectory(prefix="compbench-prepare-") as scratch:
+        reason_file = Path(scratch) / "reason.txt"
+        payload = json.dumps({"task": task, "seed": seed, "notes_file": str(notes_file) if notes_file else None,
+                              "reason_file": str(reason_file)})
+        code = run_python("bench.run.prepare:main", [payload], dict(os.environ), None, 0, float("inf"))
+        if code == 0:
+            return None
+        lines = reason_file.read_text(encoding="utf-8").splitlines() if reason_file.exists() else []
+        return lines[-1] if lines else f"preparing {task['model']} failed with exit code {code}"
 
 
 def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, ...], *,
@@ -328,7 +337,11 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     for cell in todo:
         if cell["device"] == "cuda" and not gpu:
             append_rows(run_dir, rows_for(run_id, cell, CellOutcome(
-                records=[{"kind": SKIPPED, "reason": "no CUDA device on this machine"}])))
+                records=[{"kind": SKIPPED, "reason": NO_DEVICE}])))
+            continue
+        lacking = cpu_lacks(cell.get("needs_cpu_flags"))
+        if lacking:
+            append_rows(run_dir, rows_for(run_id, cell, CellOutcome(records=[{"kind": SKIPPED, "reason": lacking}])))
             continue
         key = canonical_json(cell["task"])
         if key not in prepared:
@@ -366,6 +379,18 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     manifest["load_at_end"] = provenance.machine_load()
     write_manifest(run_dir, manifest)
     return run_dir
+
+
+def cpu_lacks(needed: Sequence[str] | None) -> str | None:
+    """Why a CPU cell that needs one of the CPU flags `needed` (its `needs_cpu_flags`) is left out on this
+    CPU, or None when it runs: this CPU has one of them, nothing is needed, or the flags cannot be read."""
+    from compressors.runtimes.cpu_features import cpu_flags
+
+    flags = cpu_flags()
+    if not needed or flags is None or flags & set(needed):
+        return None
+    return (f"{CPU_LACKS}: the matrix runs this variant only on a CPU with {' or '.join(needed)} "
+            "(needs_cpu_flags); without them its arithmetic is emulated, slower than fp32")
 
 
 def _cuda_available() -> bool:

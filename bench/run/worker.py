@@ -43,6 +43,15 @@ from compressors import build
 from compressors.core.base import CompressorUnavailable
 
 BASELINE = "identity"  # the registry name of the uncompressed model's "method": measured as stage 0
+# Decode timing: new tokens generated after a prompt of the held-out text (each at most seq_len / 4).
+# 32 new tokens, not more: the speed per token is the same (the KV cache grows from 128 to 160, against
+# weights read whole every step), each round costs a quarter of 128 tokens' time, and rounds continue
+# until the speed-up is as precise as the run asks, so the interval is no wider for it.
+PROMPT_TOKENS, NEW_TOKENS = 128, 32
+# Prefill timing: with a precision target (latency_precision), 5 first rounds (t(0.975, 4) = 2.78, as for
+# decode), then one more at a time until the speed-up is known that closely: a steady pair stops after 5;
+# without one, 10 fixed rounds. The first rounds hold latency_min_iters calls and latency_min_seconds.
+ADAPTIVE_FIRST_ROUNDS, FIXED_ROUNDS = 5, 10
 
 
 def first_stage(cell: dict[str, Any]) -> int:
@@ -80,6 +89,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
     from bench.measure.memory import memory_measurement, reset_peak_memory
     from bench.measure.phases import PhaseClock
     from bench.measure.size import size_measurements
+    from bench.paths import cache_dir
     from bench.zoo import LoadPolicy
     from bench.zoo.models import load_model
     from compressors.core.base import CAUSAL_LM, CompressContext
@@ -107,7 +117,8 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
     with tempfile.TemporaryDirectory(prefix="compbench-cell-") as scratch:
         ctx = CompressContext(data=task, device=device, seed=seed, teacher=baseline,
                               work_dir=Path(scratch), threads=threads, budget_cap=_budget_cap(cell),
-                              load_student=partial(_load_student, spec, task, seed, policy))
+                              load_student=partial(_load_student, spec, task, seed, policy),
+                              keep_dir=cache_dir() / "kept")
         models = compressor.compress_stages(baseline, ctx)
         batch = task.latency_batch()
         reference = baseline.to(device)
@@ -141,6 +152,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
                     {"baseline": partial(reference.forward, batch), "compressed": partial(compressed.forward, batch)},
                     device=device, warmup=cell["latency_warmup"], min_iters=cell["latency_min_iters"],
                     min_seconds=cell["latency_min_seconds"], batch_size=spec.latency_batch,
+                    rounds=ADAPTIVE_FIRST_ROUNDS if cell.get("latency_precision") else FIXED_ROUNDS,
                     precision=cell.get("latency_precision") or None,
                     max_seconds=cell.get("latency_max_seconds", float("inf")))
             measured += latency_measurements(timings["compressed"], extra=shape)
@@ -228,16 +240,18 @@ def _decode(task, baseline, compressed, device: str, precision: float | None) ->
     cannot. Rounds stop early once the speed-up is known within the run's `precision` (latency_precision)."""
     from bench.measure.decode import decode_measurements, time_decode
 
-    length = min(128, task.spec.seq_len // 4)  # prompt and new tokens (128 each at seq_len 512)
+    length = min(PROMPT_TOKENS, task.spec.seq_len // 4)  # the prompt (128 tokens at seq_len 512)
+    new_tokens = min(NEW_TOKENS, length)
     prompt = task.test_tokens[:length][None, :]  # (1, T)
     try:
         rounds = time_decode({"baseline": partial(baseline.generate, prompt),
-                              "compressed": partial(compressed.generate, prompt)}, new_tokens=length, device=device,
-                             precision=precision)
+                              "compressed": partial(compressed.generate, prompt)}, new_tokens=new_tokens,
+                             device=device, precision=precision)
     except NotImplementedError as exc:
         return [("metric-skipped", "decode_tokens_per_s", str(exc))]
-    return decode_measurements(rounds["compressed"].per_token, rounds["baseline"].per_token, length, prompt.shape[1],
-                               first_token_s=rounds["compressed"].first_token, stopped=rounds["compressed"].stopped)
+    return decode_measurements(rounds["compressed"].per_token, rounds["baseline"].per_token, new_tokens,
+                               prompt.shape[1], first_token_s=rounds["compressed"].first_token,
+                               stopped=rounds["compressed"].stopped)
 
 
 def main(argv: list[str]) -> int:

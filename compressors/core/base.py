@@ -342,6 +342,9 @@ class CompressContext:
         load_student: `load_student(name)` -> a `Model` for a zoo name, local directory or
             hf:<id>, NOT fine-tuned on the task (classifiers get a new, seeded head); injected
             by the runner's worker, since `compressors` never imports `bench`.
+        keep_dir: a folder on this machine where a method may keep, between runs, what depends only
+            on inputs it names in the file's key (a frozen teacher's logits, keyed by its weights);
+            None: keep nothing.
     """
 
     data: TaskData | None
@@ -352,6 +355,7 @@ class CompressContext:
     threads: int = 1
     budget_cap: Any = None  # compressors.shared.train.Budget | None (train imports this module)
     load_student: Callable[[str], Model] | None = None
+    keep_dir: Path | None = None
 
 
 class Compressor(ABC):

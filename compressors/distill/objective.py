@@ -10,14 +10,20 @@ batch's mean-pooled last states). Without a teacher the loss is the task loss al
 The teacher is frozen and in eval mode; with only logit knowledge its logits for each training
 example are computed once (on first sight, no gradients) and reused every epoch, so on a
 classifier the teacher costs one forward pass over the training set instead of one per step.
+With a `store` file those logits are also kept between runs: they depend only on the teacher's
+weights and the example, both part of the key, so a later run on the same machine (the default's
+chain, run again) skips the teacher's forwards altogether.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -150,15 +156,31 @@ def run(module: nn.Module, inputs: Batch, kind: str, knowledge: Knowledge | None
 class TeacherOutputs:
     """A frozen teacher's outputs for a batch, under no_grad and in eval mode.
 
-    With `cache`, only logits are asked for and each example's logits are kept (keyed by its
-    inputs' bytes: token ids and mask, or features) the first time it is seen, so later epochs
-    never run the teacher.
+    With `cache`, only logits are asked for and each example's logits are kept (keyed by a digest
+    of its inputs' bytes: token ids and mask, or features) the first time it is seen, so later
+    epochs never run the teacher. With `store` too (a file named after the teacher's weights:
+    `teacher_fingerprint`), the logits kept there by an earlier run are loaded first and `save()`
+    writes them back with any new ones.
     """
 
-    def __init__(self, module: nn.Module, kind: str, knowledge: Knowledge, cache: bool):
+    def __init__(self, module: nn.Module, kind: str, knowledge: Knowledge, cache: bool, store: Path | None = None):
         self.module, self.kind, self.knowledge = module, kind, knowledge
         self.cache: dict[bytes, torch.Tensor] | None = {} if cache else None
+        self.store = store if cache else None
+        self.loaded = 0  # logits read from `store`
+        if self.store is not None and self.store.is_file():
+            self.cache = torch.load(self.store, weights_only=True)
+            self.loaded = len(self.cache)
         self.forwards = 0  # examples the teacher actually ran on
+
+    def save(self) -> None:
+        """Write the kept logits to `store` (whole, then renamed) when this run added any."""
+        if self.store is None or self.cache is None or len(self.cache) == self.loaded:
+            return
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.store.with_name(f"{self.store.name}.{os.getpid()}.tmp")
+        torch.save(self.cache, tmp)
+        os.replace(tmp, self.store)
 
     def __call__(self, inputs: Batch) -> Any:
         self.module.eval()
@@ -168,7 +190,8 @@ class TeacherOutputs:
                 self.forwards += rows
                 return run(self.module, inputs, self.kind, self.knowledge)
         names = sorted(inputs)
-        keys = [b"".join(inputs[name][i].cpu().numpy().tobytes() for name in names) for i in range(rows)]
+        keys = [hashlib.sha256(b"".join(inputs[name][i].cpu().numpy().tobytes() for name in names)).digest()
+                for i in range(rows)]
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
         if missing:
             with torch.no_grad():
@@ -179,6 +202,15 @@ class TeacherOutputs:
                 self.cache[keys[i]] = row
         device = next(iter(inputs.values())).device
         return SimpleNamespace(logits=torch.stack([self.cache[key] for key in keys]).to(device))
+
+
+def teacher_fingerprint(module: nn.Module) -> str:
+    """A digest of a module's weights and buffers (names, dtypes, shapes, bytes): what its outputs depend on."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 class Distiller(nn.Module):

@@ -16,7 +16,14 @@ import torch
 
 from compressors.core.base import CAUSAL_LM, Batch, CompressContext, TorchModel
 from compressors.distill.mutual import train_mutual
-from compressors.distill.objective import Distiller, Knowledge, TeacherOutputs, distill_loss, validation_score
+from compressors.distill.objective import (
+    Distiller,
+    Knowledge,
+    TeacherOutputs,
+    distill_loss,
+    teacher_fingerprint,
+    validation_score,
+)
 from compressors.distill.snapshot import train_with_snapshots
 from compressors.shared.train import Recipe, TrainResult, capped, train
 
@@ -77,7 +84,10 @@ def fit(distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowled
         return seen.noted(*train_with_snapshots(distiller, batches, data.loss, knowledge, kind, facts, **common))
     if cfg.use_teacher:
         cache = knowledge.logits_only and kind != CAUSAL_LM  # an LM's (T, vocab) logits per window are too big
-        teacher_fn = TeacherOutputs(teacher.module.to(ctx.device), kind, knowledge, cache=cache)
+        store = None
+        if cache and ctx.keep_dir is not None:
+            store = ctx.keep_dir / "teacher-logits" / f"{teacher_fingerprint(teacher.module)}-{kind}.pt"
+        teacher_fn = TeacherOutputs(teacher.module.to(ctx.device), kind, knowledge, cache=cache, store=store)
 
     def loss_fn(wrapper: Distiller, inputs, labels):
         return distill_loss(wrapper, inputs, labels, kind=kind, task_loss=data.loss, knowledge=knowledge,
@@ -85,8 +95,10 @@ def fit(distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowled
 
     result = train(distiller, batches, loss_fn, desc="kd", **common)
     if teacher_fn is not None:
+        teacher_fn.save()
         facts["teacher_forward_examples"] = teacher_fn.forwards
-        facts["teacher_logits"] = "cached once per example" if teacher_fn.cache is not None else "every step"
+        kept = f", {teacher_fn.loaded} kept from an earlier run" if teacher_fn.loaded else ""
+        facts["teacher_logits"] = "every step" if teacher_fn.cache is None else f"once per example{kept}"
     return seen.noted(result, facts)
 
 
