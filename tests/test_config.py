@@ -157,7 +157,7 @@ def test_a_bad_left_out_table_names_what_is_wrong(left_out, message):
 
 
 def test_a_variant_can_ask_for_a_cpu_that_runs_it_natively(monkeypatch):
-    from bench.run import runner
+    from bench.run import provenance, runner
     from compressors.runtimes import cpu_features
 
     matrix = parse(compressor=[{"name": "identity"},
@@ -168,12 +168,12 @@ def test_a_variant_can_ask_for_a_cpu_that_runs_it_natively(monkeypatch):
     assert cells["cast", "cpu"]["needs_cpu_flags"] == ("avx512_bf16", "amx_bf16")
     assert cells["cast", "cuda"]["needs_cpu_flags"] is None and cells["identity", "cpu"]["needs_cpu_flags"] is None
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    reason = runner.cpu_lacks(("avx512_bf16", "amx_bf16"))
+    reason = provenance.cpu_lacks(("avx512_bf16", "amx_bf16"))
     assert reason.startswith("left out on this CPU") and "avx512_bf16 or amx_bf16" in reason
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
-    assert runner.cpu_lacks(("avx512_bf16", "amx_bf16")) is None
+    assert provenance.cpu_lacks(("avx512_bf16", "amx_bf16")) is None
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: None)  # unreadable flags: run it rather than guess
-    assert runner.cpu_lacks(("avx512_bf16",)) is None
+    assert provenance.cpu_lacks(("avx512_bf16",)) is None
 
 
 @pytest.mark.parametrize("flags", ["avx512_bf16", [], ["AVX512_BF16"], [1]])

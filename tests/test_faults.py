@@ -88,7 +88,8 @@ def test_unbounded_allocation_stops_at_the_memory_limit(faulty_run):
 def test_the_cell_after_the_faults_finishes_and_nothing_is_lost_or_doubled(faulty_run):
     rows, cells = _cells(faulty_run)
     identity = cells["identity"]
-    assert all(r["status"] == "ok" for r in identity)
+    # every metric measured, except the decode speed-up the baseline is not timed for against itself
+    assert {r["metric"] for r in identity if r["status"] != "ok"} == {"decode_speedup"}
     assert {"perplexity", "latency_p50", "peak_memory_bytes"} <= {r["metric"] for r in identity}
     # a normal cell runs within the same limit: its peak stays below it
     peak = next(r["value"] for r in identity if r["metric"] == "peak_memory_bytes")

@@ -57,6 +57,9 @@ def test_causal_lms_report_decode_speed(tiny_run):
     decode = frame[(frame.metric == "decode_tokens_per_s") & (frame.status == "ok")]
     assert len(decode) == 2 and (decode.value > 0).all() and (decode.unit == "tokens/s").all()
     assert json.loads(decode.details.iloc[0])["new_tokens"] == 16
+    ratio = frame[(frame.metric == "decode_speedup") & (frame.device == "cpu")]
+    assert set(ratio[ratio.status == "ok"].compressor) == {"int8-dynamic"}  # the baseline is not timed against itself
+    assert "not decode-timed against itself" in ratio[ratio.compressor == "identity"].reason.iloc[0]
 
 
 def test_int8_is_smaller_and_baseline_speedup_is_one(tiny_run):

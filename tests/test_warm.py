@@ -1,16 +1,19 @@
 """Warm cell processes (bench/run/warm.py): forked from a server that imported torch once, yet each
 one a process of its own with the caller's environment, directory, exit code and timeout.
 
-The whole runs that use them (every end-to-end test) are in tests/test_runner.py and tests/test_faults.py.
+Each scenario runs in a fresh interpreter (`in_fresh_python`): a pytest worker may already hold a fork
+server started by an earlier test under another environment, which is what makes cells start cold.
+The whole runs that use warm processes (every end-to-end test) are in tests/test_runner.py and others.
 """
 
 import json
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
-from bench.run import warm
-from bench.run.executors import run_python
+REPO = Path(__file__).resolve().parents[1]  # not from tests.conftest: importing it imports torch
 
 
 def probe_main(argv: list[str]) -> int:
@@ -27,32 +30,59 @@ def sleep_main(argv: list[str]) -> int:
     return 0
 
 
-def test_a_warm_process_has_torch_loaded_and_the_callers_environment(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COMPBENCH_PROBE", "set after the server started, if it had")
-    out, log = tmp_path / "out.json", tmp_path / "log.txt"
-    code = run_python("tests.test_warm:probe_main", [str(out), "3"], dict(os.environ), log, limit_mb=0, timeout_s=300)
+def in_fresh_python(scenario: str, tmp_path) -> None:
+    """Run `scenario(tmp_path)` of this module in a new interpreter; its assertions decide."""
+    code = f"from tests.test_warm import {scenario}; {scenario}({str(tmp_path)!r})"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def warm_process_has_torch_and_the_callers_environment(tmp: str) -> None:
+    from bench.run.executors import run_python
+
+    os.chdir(tmp)
+    os.environ["COMPBENCH_PROBE"] = "set now"
+    run_python("tests.test_warm:probe_main", [f"{tmp}/first.json", "0"], dict(os.environ), None, 0, 300)
+    os.environ["COMPBENCH_PROBE"] = "set after the server started"
+    code = run_python("tests.test_warm:probe_main", [f"{tmp}/out.json", "3"], dict(os.environ), f"{tmp}/log.txt",
+                      limit_mb=0, timeout_s=300)
     assert code == 3
-    seen = json.loads(out.read_text())
-    assert seen == {"cwd": str(tmp_path), "probe": "set after the server started, if it had", "torch": True,
-                    "session_leader": True}
-    assert "said hello" in log.read_text()
+    seen = json.loads(open(f"{tmp}/out.json").read())
+    assert seen == {"cwd": tmp, "probe": "set after the server started", "torch": True, "session_leader": True}
+    assert "said hello" in open(f"{tmp}/log.txt").read()
 
 
-def test_a_process_past_its_timeout_is_killed(tmp_path):
+def process_past_its_timeout_is_killed(tmp: str) -> None:
+    from bench.run.executors import run_python
+
     started = time.perf_counter()
-    code = run_python("tests.test_warm:sleep_main", ["120"], dict(os.environ), tmp_path / "log.txt", limit_mb=0,
+    code = run_python("tests.test_warm:sleep_main", ["120"], dict(os.environ), f"{tmp}/log.txt", limit_mb=0,
                       timeout_s=2)
     assert code is None and time.perf_counter() - started < 60
 
 
-def test_other_import_time_variables_start_cold(tmp_path, monkeypatch):
-    run_python("tests.test_warm:probe_main", [str(tmp_path / "a.json"), "0"], dict(os.environ), tmp_path / "a.log",
-               limit_mb=0, timeout_s=300)  # the server exists now, with this environment
+def other_import_time_variables_start_cold(tmp: str) -> None:
+    from bench.run import warm
+    from bench.run.executors import run_python
+
+    run_python("tests.test_warm:probe_main", [f"{tmp}/a.json", "0"], dict(os.environ), f"{tmp}/a.log", 0, 300)
+    assert json.loads(open(f"{tmp}/a.json").read())["torch"] is True  # the server exists now, with this environment
     assert warm.usable(dict(os.environ))
     assert not warm.usable({**os.environ, "OMP_NUM_THREADS": "7"})  # read by torch when it was imported
-    monkeypatch.setenv("OMP_NUM_THREADS", "7")
-    out = tmp_path / "cold.json"
-    assert run_python("tests.test_warm:probe_main", [str(out), "0"], dict(os.environ), tmp_path / "b.log",
-                      limit_mb=0, timeout_s=300) == 0
-    assert json.loads(out.read_text())["torch"] is False  # a fresh interpreter, which imported nothing yet
+    os.environ["OMP_NUM_THREADS"] = "7"
+    assert run_python("tests.test_warm:probe_main", [f"{tmp}/cold.json", "0"], dict(os.environ), f"{tmp}/b.log",
+                      0, 300) == 0
+    assert json.loads(open(f"{tmp}/cold.json").read())["torch"] is False  # a fresh interpreter: nothing imported
+
+
+def test_a_warm_process_has_torch_loaded_and_the_callers_environment(tmp_path):
+    in_fresh_python("warm_process_has_torch_and_the_callers_environment", tmp_path)
+
+
+def test_a_process_past_its_timeout_is_killed(tmp_path):
+    in_fresh_python("process_past_its_timeout_is_killed", tmp_path)
+
+
+def test_other_import_time_variables_start_cold(tmp_path):
+    in_fresh_python("other_import_time_variables_start_cold", tmp_path)

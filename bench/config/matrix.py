@@ -18,6 +18,7 @@ from typing import Any
 
 import tomllib
 
+from bench.config import placement
 from bench.config.left_out import LeftOut, parse_left_out
 from bench.paths import RUN_ID
 from compressors.core.base import CAUSAL_LM, CLASSIFICATION
@@ -231,8 +232,9 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     compressors, compressor_tasks, compressor_cpu_flags = [], [], []
     for i, c in enumerate(comps_raw):
         here = f"{where}: [[compressor]] #{i + 1}"
-        only, flags = _compressor_tasks(c, names, here), _needs_cpu_flags(c, here)
-        for spec in _parse_compressor({k: v for k, v in c.items() if k not in PLACEMENT_KEYS}
+        only = placement.compressor_tasks(c, names, here, ConfigError)
+        flags = placement.needs_cpu_flags(c, here, ConfigError)
+        for spec in _parse_compressor({k: v for k, v in c.items() if k not in placement.PLACEMENT_KEYS}
                                       if isinstance(c, dict) else c, here):
             compressors.append(spec)
             compressor_tasks.append(only)
@@ -266,37 +268,6 @@ def parse_matrix(raw: dict[str, Any], source: str = "<memory>", quick: bool = Fa
     return Matrix(tasks=tasks, compressors=tuple(compressors), devices=tuple(dict.fromkeys(devices)),
                   source=source, compressor_tasks=tuple(compressor_tasks),
                   compressor_cpu_flags=tuple(compressor_cpu_flags), **values)
-
-
-# Keys of a [[compressor]] table that say where it runs, not how it compresses.
-PLACEMENT_KEYS = ("tasks", "needs_cpu_flags")
-
-
-def _needs_cpu_flags(raw: Any, where: str) -> tuple[str, ...] | None:
-    """A [[compressor]] table's optional `needs_cpu_flags = ["avx512_bf16", "amx_bf16"]`: its CPU cells run only
-    on a CPU with one of these /proc/cpuinfo flags (None: on any CPU)."""
-    if not isinstance(raw, dict) or "needs_cpu_flags" not in raw:
-        return None
-    flags = raw["needs_cpu_flags"]
-    if (not isinstance(flags, list) or not flags
-            or not all(isinstance(f, str) and re.fullmatch(r"[a-z0-9_]+", f) for f in flags)):
-        raise ConfigError(f"{where}: key 'needs_cpu_flags' must be a non-empty list of CPU flags as /proc/cpuinfo "
-                          f"names them (lower case, e.g. [\"avx512_bf16\", \"amx_bf16\"]), got {flags!r}")
-    return tuple(flags)
-
-
-def _compressor_tasks(raw: Any, task_names: list[str], where: str) -> tuple[str, ...] | None:
-    """A [[compressor]] table's optional `tasks = ["bbc-topic"]`: the tasks it runs on (None: all)."""
-    if not isinstance(raw, dict) or "tasks" not in raw:
-        return None
-    only = raw["tasks"]
-    if not isinstance(only, list) or not only or not all(isinstance(t, str) for t in only):
-        raise ConfigError(f"{where}: key 'tasks' must be a non-empty list of task names, got {only!r}")
-    unknown = [t for t in only if t not in task_names]
-    if unknown:
-        raise ConfigError(f"{where}: key 'tasks' names {unknown[0]!r}, which is not a task of this matrix "
-                          f"(tasks: {', '.join(task_names)})")
-    return tuple(only)
 
 
 def _parse_task(raw: Any, where: str, quick: bool) -> TaskSpec:

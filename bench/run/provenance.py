@@ -8,10 +8,11 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.results.store import SCHEMA_KEY, SCHEMA_VERSION
+from bench.results.store import CPU_LACKS, SCHEMA_KEY, SCHEMA_VERSION
 
 PACKAGES = ("compbench", "torch", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnxruntime",
             "onnx", "onnx-ir", "openvino", "nncf", "torchao", "bitsandbytes", "hqq", "torch-pruning", "accelerate",
@@ -150,3 +151,15 @@ def manifest(matrix, run_id: str) -> dict[str, Any]:
                         for d in datasets},  # sha256 of texts (features) and labels
         "data": data_notes(matrix),
     }
+
+
+def cpu_lacks(needed: Sequence[str] | None) -> str | None:
+    """Why a CPU cell that needs one of the CPU flags `needed` (its `needs_cpu_flags`) is left out on this
+    CPU, or None when it runs: this CPU has one of them, nothing is needed, or the flags cannot be read."""
+    from compressors.runtimes.cpu_features import cpu_flags
+
+    flags = cpu_flags()
+    if not needed or flags is None or flags & set(needed):
+        return None
+    return (f"{CPU_LACKS}: the matrix runs this variant only on a CPU with {' or '.join(needed)} "
+            "(needs_cpu_flags), which this one lacks; the matrix's comment says why")

@@ -29,7 +29,6 @@ from bench.analysis.paired import (
 from bench.analysis.pairing import add_companion_rows, add_paired_rows
 from bench.config.matrix import CompressorSpec, ConfigError, Matrix, TaskSpec
 from bench.results.store import (
-    CPU_LACKS,
     ERROR,
     NO_DEVICE,
     OK,
@@ -339,7 +338,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
             append_rows(run_dir, rows_for(run_id, cell, CellOutcome(
                 records=[{"kind": SKIPPED, "reason": NO_DEVICE}])))
             continue
-        lacking = cpu_lacks(cell.get("needs_cpu_flags"))
+        lacking = provenance.cpu_lacks(cell.get("needs_cpu_flags"))
         if lacking:
             append_rows(run_dir, rows_for(run_id, cell, CellOutcome(records=[{"kind": SKIPPED, "reason": lacking}])))
             continue
@@ -379,18 +378,6 @@ def run_matrix(matrix: Matrix, out_dir: Path, run_id: str, devices: tuple[str, .
     manifest["load_at_end"] = provenance.machine_load()
     write_manifest(run_dir, manifest)
     return run_dir
-
-
-def cpu_lacks(needed: Sequence[str] | None) -> str | None:
-    """Why a CPU cell that needs one of the CPU flags `needed` (its `needs_cpu_flags`) is left out on this
-    CPU, or None when it runs: this CPU has one of them, nothing is needed, or the flags cannot be read."""
-    from compressors.runtimes.cpu_features import cpu_flags
-
-    flags = cpu_flags()
-    if not needed or flags is None or flags & set(needed):
-        return None
-    return (f"{CPU_LACKS}: the matrix runs this variant only on a CPU with {' or '.join(needed)} "
-            "(needs_cpu_flags); without them its arithmetic is emulated, slower than fp32")
 
 
 def _cuda_available() -> bool:

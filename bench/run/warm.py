@@ -1,7 +1,7 @@
 """Cell processes that start warm: forked from one process that imported torch and transformers once.
 
 A fresh `python -m bench.run.worker` spends seconds importing torch, transformers and what they pull
-in (scikit-learn, scipy, hqq where installed): 4 to 7 s a process on a 2-core CPU, more than a small
+in (scikit-learn, scipy, hqq where installed): about 10 s a process on a 2-core AVX2 CPU, more than a small
 cell spends measuring. multiprocessing's forkserver imports them once, in a process that never runs
 a tensor operation nor touches CUDA (so forking it is safe), and forks each cell from it. A cell is
 still a process of its own: its crash, memory limit, hang and exit code are its own, exactly as

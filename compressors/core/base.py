@@ -342,9 +342,7 @@ class CompressContext:
         load_student: `load_student(name)` -> a `Model` for a zoo name, local directory or
             hf:<id>, NOT fine-tuned on the task (classifiers get a new, seeded head); injected
             by the runner's worker, since `compressors` never imports `bench`.
-        keep_dir: a folder on this machine where a method may keep, between runs, what depends only
-            on inputs it names in the file's key (a frozen teacher's logits, keyed by its weights);
-            None: keep nothing.
+        keep_dir: where a method may keep what depends only on its file's name, between runs (None: nothing).
     """
 
     data: TaskData | None
