@@ -275,3 +275,14 @@ def test_repairing_with_the_runs_recorded_bootstrap_reproduces_its_interval(tmp_
     n_boot, seed = paired_bootstrap(json.loads((tmp_path / "manifest.json").read_text()))
     again = paired_classification(base, var, n_boot, seed)[0]
     assert (again.ci_low, again.ci_high) == (row["ci_low"], row["ci_high"])
+
+
+def test_decode_rounds_stop_at_the_time_cap_after_the_minimum(monkeypatch):
+    gens = {name: (lambda k, name=name: (name, k)) for name in ("baseline", "compressed")}
+    rng = np.random.default_rng(1)
+    _fake_clock(monkeypatch, lambda name, k, i: 0.1 * k * float(np.exp(rng.normal(0, 0.4))))  # never precise
+    capped = time_decode(gens, new_tokens=5, precision=0.05, max_seconds=0.1)  # spent after round 1 already
+    assert {len(v.per_token) for v in capped.values()} == {decode.MIN_DECODE_ROUNDS}  # the minimum still runs
+    assert capped["baseline"].stopped == f"time cap after {decode.MIN_DECODE_ROUNDS} rounds"
+    fixed = time_decode(gens, new_tokens=5, max_seconds=0.1)  # no precision asked: fixed rounds, no cap
+    assert {len(v.per_token) for v in fixed.values()} == {DECODE_ROUNDS}

@@ -41,7 +41,7 @@ class DecodeRounds:
 
 def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int, device: str = "cpu",
                 rounds: int = DECODE_ROUNDS, precision: float | None = None,
-                min_rounds: int = MIN_DECODE_ROUNDS) -> dict[str, DecodeRounds]:
+                min_rounds: int = MIN_DECODE_ROUNDS, max_seconds: float = float("inf")) -> dict[str, DecodeRounds]:
     """Decode timing of each generator, one value per round.
 
     `generators[name](k)` generates exactly k new tokens (greedy, batch 1, KV cache) after a
@@ -54,7 +54,8 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
     Without `precision`, exactly `rounds` rounds. With it (a relative half-width, e.g. 0.05),
     timing stops after `min_rounds` or any later round once every generator's per-token ratio to
     the first generator is known that closely (`relative_half_width`), and at `rounds` at the
-    latest: a steady pair costs half the rounds, a noisy one gets them all.
+    latest: a steady pair costs half the rounds, a noisy one gets them all, unless the generators'
+    summed time reaches `max_seconds` first (the run's latency_max_seconds, as for prefill timing).
     """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 (one prefill token and one decode step), got {new_tokens}")
@@ -69,6 +70,7 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
     per_token: dict[str, list[float]] = {name: [] for name in names}
     first_token: dict[str, list[float]] = {name: [] for name in names}
     stopped = "fixed rounds" if precision is None else "round cap"
+    spent = 0.0
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
@@ -77,11 +79,15 @@ def time_decode(generators: dict[str, Callable[[int], object]], new_tokens: int,
             first = _timed_call(partial(generate, 1), device)
             per_token[name].append(max(full - first, 1e-9) / (new_tokens - 1))
             first_token[name].append(first)
+            spent += full + first
         if precision is not None and r + 1 >= min(min_rounds, rounds) and r + 1 < rounds:
             reference = np.log(per_token[names[0]])
             widest = max((relative_half_width(reference - np.log(per_token[n])) for n in names[1:]), default=0.0)
             if widest <= precision:
                 stopped = f"precision {precision:g} reached after {r + 1} rounds"
+                break
+            if spent >= max_seconds:
+                stopped = f"time cap after {r + 1} rounds"
                 break
     return {name: DecodeRounds(per_token[name], first_token[name], stopped) for name in names}
 

@@ -160,7 +160,7 @@ def run_cell(cell: dict[str, Any]) -> Iterator[tuple[int, str, list[Measurement 
             if spec.type == CAUSAL_LM:
                 with clock.phase("decode"):
                     measured += _decode(task, reference, compressed, device, cell.get("latency_precision") or None,
-                                        itself=stage == 0)
+                                        itself=stage == 0, max_seconds=cell.get("latency_max_seconds", float("inf")))
             if stage == last_stage:  # nothing later needs the baseline: score without it in memory
                 models.close()
                 del reference, baseline, ctx
@@ -236,8 +236,8 @@ def _load_student(spec, task, seed: int, policy, name: str):
                         train_data=task.train)
 
 
-def _decode(task, baseline, compressed, device: str, precision: float | None,
-            itself: bool = False) -> list[Measurement | tuple[str, str]]:
+def _decode(task, baseline, compressed, device: str, precision: float | None, itself: bool = False,
+            max_seconds: float = float("inf")) -> list[Measurement | tuple[str, str]]:
     """decode_tokens_per_s, decode_speedup and time_to_first_token_ms, or a skipped metric saying why this runtime
     cannot. Rounds stop early once the speed-up is known within the run's `precision` (latency_precision).
 
@@ -257,7 +257,7 @@ def _decode(task, baseline, compressed, device: str, precision: float | None,
         generators["compressed"] = partial(compressed.generate, prompt)
     try:
         rounds = time_decode(generators, new_tokens=new_tokens, device=device, precision=precision,
-                             **({"rounds": MIN_DECODE_ROUNDS} if itself else {}))
+                             max_seconds=max_seconds, **({"rounds": MIN_DECODE_ROUNDS} if itself else {}))
     except NotImplementedError as exc:
         return [("metric-skipped", "decode_tokens_per_s", str(exc))]
     timed = rounds["baseline" if itself else "compressed"]
