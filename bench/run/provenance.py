@@ -158,8 +158,10 @@ def cpu_lacks(needed: Sequence[str] | None) -> str | None:
     CPU, or None when it runs: this CPU has one of them, nothing is needed, or the flags cannot be read."""
     from compressors.runtimes.cpu_features import cpu_flags
 
+    if not needed:
+        return None
     flags = cpu_flags()
-    if not needed or flags is None or flags & set(needed):
+    if flags is None or flags & set(needed):
         return None
     return (f"{CPU_LACKS}: the matrix runs this variant only on a CPU with {' or '.join(needed)} "
             "(needs_cpu_flags), which this one lacks; the matrix's comment says why")

@@ -45,8 +45,8 @@ from compressors.core.base import CompressorUnavailable
 BASELINE = "identity"  # the registry name of the uncompressed model's "method": measured as stage 0
 # Decode timing: new tokens generated after a prompt of the held-out text (each at most seq_len / 4).
 # 32 new tokens, not more: the speed per token is the same (the KV cache grows from 128 to 160, against
-# weights read whole every step), each round costs a quarter of 128 tokens' time, and rounds continue
-# until the speed-up is as precise as the run asks, so the interval is no wider for it.
+# weights read whole every step) and each round costs a quarter of 128 tokens' time; rounds continue
+# until the speed-up is as precise as the run asks or latency_max_seconds is spent (the row says which).
 PROMPT_TOKENS, NEW_TOKENS = 128, 32
 # Prefill timing: with a precision target (latency_precision), 5 first rounds (t(0.975, 4) = 2.78, as for
 # decode), then one more at a time until the speed-up is known that closely: a steady pair stops after 5;

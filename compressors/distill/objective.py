@@ -167,15 +167,16 @@ class TeacherOutputs:
         self.module, self.kind, self.knowledge = module, kind, knowledge
         self.cache: dict[bytes, torch.Tensor] | None = {} if cache else None
         self.store = store if cache else None
-        self.loaded = 0  # logits read from `store`
+        self.stored: frozenset[bytes] = frozenset()  # keys of the logits read from `store`
         if self.store is not None and self.store.is_file():
             self.cache = torch.load(self.store, weights_only=True)
-            self.loaded = len(self.cache)
+            self.stored = frozenset(self.cache)
+        self.reused: set[bytes] = set()  # this run's examples whose logits came from `store`
         self.forwards = 0  # examples the teacher actually ran on
 
     def save(self) -> None:
         """Write the kept logits to `store` (whole, then renamed) when this run added any."""
-        if self.store is None or self.cache is None or len(self.cache) == self.loaded:
+        if self.store is None or self.cache is None or len(self.cache) == len(self.stored):
             return
         self.store.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.store.with_name(f"{self.store.name}.{os.getpid()}.tmp")
@@ -192,6 +193,7 @@ class TeacherOutputs:
         names = sorted(inputs)
         keys = [hashlib.sha256(b"".join(inputs[name][i].cpu().numpy().tobytes() for name in names)).digest()
                 for i in range(rows)]
+        self.reused.update(key for key in keys if key in self.stored)
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
         if missing:
             with torch.no_grad():

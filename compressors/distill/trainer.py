@@ -86,7 +86,8 @@ def fit(distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowled
         cache = knowledge.logits_only and kind != CAUSAL_LM  # an LM's (T, vocab) logits per window are too big
         store = None
         if cache and ctx.keep_dir is not None:
-            store = ctx.keep_dir / "teacher-logits" / f"{teacher_fingerprint(teacher.module)}-{kind}.pt"
+            name = f"{teacher_fingerprint(teacher.module)}-{kind}-{ctx.device}.pt"  # a GPU's logits differ in bits
+            store = ctx.keep_dir / "teacher-logits" / name
         teacher_fn = TeacherOutputs(teacher.module.to(ctx.device), kind, knowledge, cache=cache, store=store)
 
     def loss_fn(wrapper: Distiller, inputs, labels):
@@ -97,7 +98,7 @@ def fit(distiller: Distiller, teacher: TorchModel, ctx: CompressContext, knowled
     if teacher_fn is not None:
         teacher_fn.save()
         facts["teacher_forward_examples"] = teacher_fn.forwards
-        kept = f", {teacher_fn.loaded} kept from an earlier run" if teacher_fn.loaded else ""
+        kept = f", {len(teacher_fn.reused)} kept from an earlier run" if teacher_fn.reused else ""
         facts["teacher_logits"] = "every step" if teacher_fn.cache is None else f"once per example{kept}"
     return seen.noted(result, facts)
 
